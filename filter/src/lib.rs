@@ -1,0 +1,1 @@
+//! albef-filter: see DESIGN.md for this stage's place in the pipeline.

@@ -1,0 +1,1 @@
+//! albef-ingest: see DESIGN.md for this stage's place in the pipeline.

@@ -1,0 +1,76 @@
+//! The subcommands. One file per area; each parses its own arguments and calls a stage crate.
+mod pending;
+
+use clap::Subcommand;
+use std::path::PathBuf;
+
+pub use pending::NotBuilt;
+
+/// What every command gets from the global flags.
+pub struct Context {
+    /// The registry URL: `--registry`, `ALBEF_REGISTRY_URL`, or the SQLite file under `home`.
+    pub registry_url: String,
+    /// `--home` / `ALBEF_HOME`: the default place for the registry, datasets and checkpoints.
+    pub home: PathBuf,
+}
+
+impl Context {
+    pub fn new(registry: Option<String>, home: PathBuf) -> Self {
+        let registry_url = registry
+            .unwrap_or_else(|| format!("sqlite://{}", home.join("registry.db").display()));
+        Self { registry_url, home }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Track experiments: list, show, compare and search runs; log from scripts
+    Runs(pending::Pending),
+    /// Checkpoints and the promotion workflow: register, list, promote, rollback, history
+    Ckpt(pending::Pending),
+    /// Download, validate, resize and dedupe image-text pairs into a dataset version
+    Ingest(pending::Pending),
+    /// The ALBEF model: compute losses on given weights, benchmark a training step
+    Model(pending::Pending),
+    /// Pretrain ALBEF on a dataset version
+    Train(pending::Pending),
+    /// Zero-shot retrieval evaluation of a checkpoint
+    Eval(pending::Pending),
+    /// Score captions with the momentum model and make a filtered dataset version
+    Filter(pending::Pending),
+    /// Run the whole pipeline from one config
+    Pipeline(pending::Pending),
+    /// Manage scheduled ingestion
+    Schedule(pending::Pending),
+    /// Run scheduler workers that claim and run due ingestion jobs
+    Scheduler(pending::Pending),
+    /// Serve the JSON API and the web dashboard
+    Serve(pending::Pending),
+}
+
+impl Command {
+    pub async fn run(self, _ctx: Context) -> anyhow::Result<()> {
+        match self {
+            Command::Runs(_) => pending::not_built("runs", 2),
+            Command::Ckpt(_) => pending::not_built("ckpt", 2),
+            Command::Ingest(_) => pending::not_built("ingest", 3),
+            Command::Model(_) => pending::not_built("model", 4),
+            Command::Train(_) => pending::not_built("train", 5),
+            Command::Eval(_) => pending::not_built("eval", 5),
+            Command::Filter(_) => pending::not_built("filter", 6),
+            Command::Pipeline(_) => pending::not_built("pipeline", 7),
+            Command::Schedule(_) => pending::not_built("schedule", 7),
+            Command::Scheduler(_) => pending::not_built("scheduler", 7),
+            Command::Serve(_) => pending::not_built("serve", 7),
+        }
+    }
+}
+
+/// The process exit status for an error: 2 for a command that is not built yet, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<NotBuilt>().is_some() {
+        2
+    } else {
+        1
+    }
+}

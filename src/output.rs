@@ -1,0 +1,168 @@
+//! `--format table|json|csv`: one table type that every listing command prints through, so that
+//! people get aligned columns and scripts get JSON (typed values) or CSV.
+use clap::ValueEnum;
+use serde_json::Value;
+use std::io::Write;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+/// Rows of typed cells under named columns.
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Vec<Value>) {
+        debug_assert_eq!(row.len(), self.headers.len());
+        self.rows.push(row);
+    }
+
+    /// The rows as a JSON array of objects keyed by column name.
+    pub fn to_json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|row| {
+                    Value::Object(
+                        self.headers
+                            .iter()
+                            .cloned()
+                            .zip(row.iter().cloned())
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Json => {
+                serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialise") + "\n"
+            }
+            Format::Csv => {
+                let mut out = String::new();
+                let line = |cells: Vec<String>| {
+                    cells
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                out += &line(self.headers.clone());
+                out.push('\n');
+                for row in &self.rows {
+                    out += &line(row.iter().map(cell_text).collect());
+                    out.push('\n');
+                }
+                out
+            }
+            Format::Table => {
+                let cells: Vec<Vec<String>> = self
+                    .rows
+                    .iter()
+                    .map(|r| r.iter().map(cell_text).collect())
+                    .collect();
+                let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+                for row in &cells {
+                    for (w, c) in widths.iter_mut().zip(row) {
+                        *w = (*w).max(c.chars().count());
+                    }
+                }
+                let line = |cells: &[String]| {
+                    let mut s = cells
+                        .iter()
+                        .zip(&widths)
+                        .map(|(c, w)| format!("{c:<w$}"))
+                        .collect::<Vec<_>>()
+                        .join("  ");
+                    s.truncate(s.trim_end().len());
+                    s + "\n"
+                };
+                let mut out = line(&self.headers);
+                for row in &cells {
+                    out += &line(row);
+                }
+                out
+            }
+        }
+    }
+
+    pub fn print(&self, format: Format) -> anyhow::Result<()> {
+        std::io::stdout().write_all(self.render(format).as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Prints one JSON value on its own line (the `--format json` answer of a command).
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+fn cell_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Table {
+        let mut t = Table::new(["id", "name", "loss"]);
+        t.push(vec![json!(1), json!("a, \"b\""), json!(0.5)]);
+        t.push(vec![json!(22), json!("c"), Value::Null]);
+        t
+    }
+
+    #[test]
+    fn csv_quotes_fields_that_need_it() {
+        assert_eq!(
+            sample().render(Format::Csv),
+            "id,name,loss\n1,\"a, \"\"b\"\"\",0.5\n22,c,\n"
+        );
+    }
+
+    #[test]
+    fn json_keeps_types() {
+        let v: Value = serde_json::from_str(&sample().render(Format::Json)).unwrap();
+        assert_eq!(v[0]["id"], json!(1));
+        assert_eq!(v[0]["loss"], json!(0.5));
+        assert_eq!(v[1]["loss"], Value::Null);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let out = sample().render(Format::Table);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "id  name       loss");
+        assert_eq!(lines[2], "22  c");
+    }
+}
