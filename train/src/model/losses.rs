@@ -1,0 +1,337 @@
+//! The three pretraining losses in the official order: clamp temp, student passes, momentum
+//! update then teacher passes (no grad), ITC with momentum distillation, enqueue, ITM with
+//! hard negatives, MLM with momentum distillation.
+//! Reference: salesforce/ALBEF models/model_pretrain.py `ALBEF.forward` L88-214 and `mask`
+//! L253-277; xbert.py `BertForMaskedLM.forward` L1423-1431 for the MLM loss.
+//!
+//! [`Albef::losses_given`] takes the MLM-masked ids, the MLM labels and the hard-negative
+//! indices as inputs, so that numbers compare exactly with other implementations;
+//! [`Albef::losses`] draws them from libtorch's generator (seed it with `tch::manual_seed`).
+use super::albef::{normalize, Albef};
+use super::bert::Mode;
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+/// Label of a position that MLM ignores.
+pub const IGNORE: i64 = -100;
+
+/// A batch of image-text pairs.
+pub struct Batch {
+    /// [B, 3, H, W] f32, already normalised.
+    pub image: Tensor,
+    /// [B, L] i64 token ids ([CLS] first, [PAD] after the caption).
+    pub input_ids: Tensor,
+    /// [B, L] 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+/// The MLM inputs: masked ids and labels (-100 where not masked), both [B, L] i64.
+pub struct MlmInputs {
+    pub input_ids: Tensor,
+    pub labels: Tensor,
+}
+
+/// Hard negatives: for text b its negative image, for image b its negative text (i64 [B]).
+pub struct Negatives {
+    pub image_idx: Tensor,
+    pub text_idx: Tensor,
+}
+
+/// The three losses (0-d f32 tensors, differentiable) and what a caller may want to log.
+pub struct Losses {
+    pub itc: Tensor,
+    pub itm: Tensor,
+    pub mlm: Tensor,
+}
+
+impl Losses {
+    /// `loss_mlm + loss_itc + loss_itm` (Pretrain.py L68: equal weights).
+    pub fn total(&self) -> Tensor {
+        &self.mlm + &self.itc + &self.itm
+    }
+}
+
+/// Where the hard negatives come from.
+enum NegativeSource<'a> {
+    Given(&'a Negatives),
+    Sampled,
+}
+
+impl Albef {
+    /// One training forward with given MLM inputs and hard negatives. `train` turns dropout
+    /// on; the momentum update and the enqueue happen either way, as in a training step.
+    pub fn losses_given(
+        &self,
+        batch: &Batch,
+        alpha: f64,
+        mlm: &MlmInputs,
+        negatives: &Negatives,
+        train: bool,
+    ) -> Result<Losses> {
+        self.step(batch, alpha, mlm, NegativeSource::Given(negatives), train)
+    }
+
+    /// One training forward that draws the MLM masking and the hard negatives from libtorch's
+    /// generator.
+    pub fn losses(&self, batch: &Batch, alpha: f64, train: bool) -> Result<Losses> {
+        let mlm = mask_tokens(
+            &batch.input_ids,
+            self.cfg.mlm_probability,
+            self.cfg.text.vocab_size,
+            self.cfg.text.pad_token_id,
+            self.cfg.text.cls_token_id,
+            self.cfg.text.mask_token_id,
+        );
+        self.step(batch, alpha, &mlm, NegativeSource::Sampled, train)
+    }
+
+    fn step(
+        &self,
+        batch: &Batch,
+        alpha: f64,
+        mlm: &MlmInputs,
+        negatives: NegativeSource,
+        train: bool,
+    ) -> Result<Losses> {
+        let bs = batch.image.size()[0];
+        if bs < 2 {
+            bail!("a batch needs at least 2 pairs for hard negatives, got {bs}");
+        }
+        tch::no_grad(|| {
+            let _ = self.temp.shallow_clone().clamp_(0.001, 0.5);
+        });
+        let mask = &batch.attention_mask;
+
+        // Student passes (L92-100).
+        let image_embeds = self.visual_encoder.forward(&batch.image);
+        let image_feat = normalize(&self.vision_proj.forward(&image_embeds.select(1, 0)), -1);
+        let text_embeds =
+            self.text_encoder
+                .bert
+                .forward(&batch.input_ids, mask, None, Mode::Text, train);
+        let text_feat = normalize(&self.text_proj.forward(&text_embeds.select(1, 0)), -1);
+
+        // Momentum update, then the teacher (L103-120), without gradient.
+        let teacher = tch::no_grad(|| {
+            self.momentum_update();
+            let image_embeds_m = self.visual_encoder_m.forward(&batch.image);
+            let image_feat_m = normalize(
+                &self.vision_proj_m.forward(&image_embeds_m.select(1, 0)),
+                -1,
+            );
+            let text_m =
+                self.text_encoder_m
+                    .bert
+                    .forward(&batch.input_ids, mask, None, Mode::Text, train);
+            let text_feat_m = normalize(&self.text_proj_m.forward(&text_m.select(1, 0)), -1);
+            let image_feat_all = Tensor::cat(&[image_feat_m.tr(), self.image_queue.copy()], 1);
+            let text_feat_all = Tensor::cat(&[text_feat_m.tr(), self.text_queue.copy()], 1);
+            let sim_i2t_m = image_feat_m.matmul(&text_feat_all) / &self.temp;
+            let sim_t2i_m = text_feat_m.matmul(&image_feat_all) / &self.temp;
+            Teacher {
+                i2t_targets: soft_targets(&sim_i2t_m, alpha),
+                t2i_targets: soft_targets(&sim_t2i_m, alpha),
+                image_embeds_m,
+                image_feat_m,
+                text_feat_m,
+                image_feat_all,
+                text_feat_all,
+            }
+        });
+
+        // ITC with momentum distillation (L122-128).
+        let sim_i2t = image_feat.matmul(&teacher.text_feat_all) / &self.temp;
+        let sim_t2i = text_feat.matmul(&teacher.image_feat_all) / &self.temp;
+        let itc = (soft_cross_entropy(&sim_i2t, &teacher.i2t_targets)
+            + soft_cross_entropy(&sim_t2i, &teacher.t2i_targets))
+            / 2.0;
+
+        // Enqueue the momentum features after ITC, before ITM (L130).
+        self.enqueue(&teacher.image_feat_m, &teacher.text_feat_m)?;
+
+        // ITM (L134-185): positives and both kinds of hard negatives in one fusion pass.
+        let sampled;
+        let negatives = match negatives {
+            NegativeSource::Given(n) => {
+                check_indices(&n.image_idx, bs, "neg_image_idx")?;
+                check_indices(&n.text_idx, bs, "neg_text_idx")?;
+                n
+            }
+            NegativeSource::Sampled => {
+                sampled = tch::no_grad(|| sample_negatives(&sim_i2t, &sim_t2i, bs));
+                &sampled
+            }
+        };
+        let text_all = Tensor::cat(
+            &[
+                &text_embeds,
+                &text_embeds,
+                &text_embeds.index_select(0, &negatives.text_idx),
+            ],
+            0,
+        );
+        let mask_all = Tensor::cat(&[mask, mask, &mask.index_select(0, &negatives.text_idx)], 0);
+        let image_all = Tensor::cat(
+            &[
+                &image_embeds,
+                &image_embeds.index_select(0, &negatives.image_idx),
+                &image_embeds,
+            ],
+            0,
+        );
+        let fused = self.text_encoder.bert.forward(
+            &text_all,
+            &mask_all,
+            Some(&image_all),
+            Mode::Fusion,
+            train,
+        );
+        let itm_logits = self.itm_head.forward(&fused.select(1, 0));
+        let itm_labels = Tensor::cat(
+            &[
+                Tensor::ones([bs], (Kind::Int64, itm_logits.device())),
+                Tensor::zeros([2 * bs], (Kind::Int64, itm_logits.device())),
+            ],
+            0,
+        );
+        let itm = itm_logits.cross_entropy_for_logits(&itm_labels);
+
+        // MLM with momentum distillation (L188-212), vocabulary projection at masked rows only.
+        let positions = mlm.labels.view([-1]).ne(IGNORE).nonzero().squeeze_dim(1);
+        let mlm_loss = if positions.size()[0] == 0 {
+            // Nothing masked (possible with short captions): no MLM signal in this batch.
+            Tensor::zeros([], (Kind::Float, image_feat.device()))
+        } else {
+            let targets = mlm.labels.view([-1]).index_select(0, &positions);
+            let soft = tch::no_grad(|| {
+                self.text_encoder_m
+                    .masked_logits(
+                        &mlm.input_ids,
+                        mask,
+                        &teacher.image_embeds_m,
+                        &positions,
+                        train,
+                    )
+                    .softmax(-1, Kind::Float)
+            });
+            let logits = self.text_encoder.masked_logits(
+                &mlm.input_ids,
+                mask,
+                &image_embeds,
+                &positions,
+                train,
+            );
+            let log_probs = logits.log_softmax(-1, Kind::Float);
+            let ce = log_probs.nll_loss(&targets);
+            let distill = (&soft * &log_probs)
+                .sum_dim_intlist([-1].as_slice(), false, Kind::Float)
+                .mean(Kind::Float)
+                .neg();
+            ce * (1.0 - alpha) + distill * alpha
+        };
+        Ok(Losses {
+            itc,
+            itm,
+            mlm: mlm_loss,
+        })
+    }
+}
+
+/// What the no-grad teacher pass hands to the student losses.
+struct Teacher {
+    i2t_targets: Tensor,
+    t2i_targets: Tensor,
+    image_embeds_m: Tensor,
+    image_feat_m: Tensor,
+    text_feat_m: Tensor,
+    image_feat_all: Tensor,
+    text_feat_all: Tensor,
+}
+
+/// `alpha * softmax(sim_m) + (1 - alpha) * onehot(diagonal)` over [B, B + Q] (in fp32).
+pub fn soft_targets(sim_m: &Tensor, alpha: f64) -> Tensor {
+    let (b, n) = sim_m.size2().expect("similarities are [B, B + Q]");
+    let hard = Tensor::eye_m(b, n, (Kind::Float, sim_m.device()));
+    sim_m.softmax(1, Kind::Float) * alpha + hard * (1.0 - alpha)
+}
+
+/// `-mean_b sum_j log_softmax(logits)[b, j] * targets[b, j]`.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    (logits.log_softmax(1, Kind::Float) * targets)
+        .sum_dim_intlist([1].as_slice(), false, Kind::Float)
+        .mean(Kind::Float)
+        .neg()
+}
+
+/// Draws one hard negative per row from `softmax(sim[:, :B])` with the diagonal zeroed: for
+/// each text an image (from `sim_t2i`), for each image a text (from `sim_i2t`). Local batch
+/// only, as in the official code.
+pub fn sample_negatives(sim_i2t: &Tensor, sim_t2i: &Tensor, bs: i64) -> Negatives {
+    let weights = |sim: &Tensor| {
+        let w = sim.narrow(1, 0, bs).softmax(1, Kind::Float);
+        let off_diagonal = Tensor::eye(bs, (Kind::Float, w.device())).neg() + 1.0;
+        w * off_diagonal
+    };
+    Negatives {
+        image_idx: weights(sim_t2i).multinomial(1, false).squeeze_dim(1),
+        text_idx: weights(sim_i2t).multinomial(1, false).squeeze_dim(1),
+    }
+}
+
+/// BERT masking (`ALBEF.mask`): each token is selected with `probability`, never [PAD] or
+/// [CLS]; of the selected, 80% become [MASK], 10% a random token, 10% stay. Labels are the
+/// original ids at selected positions and -100 elsewhere.
+pub fn mask_tokens(
+    input_ids: &Tensor,
+    probability: f64,
+    vocab_size: i64,
+    pad_id: i64,
+    cls_id: i64,
+    mask_id: i64,
+) -> MlmInputs {
+    tch::no_grad(|| {
+        let opts = (Kind::Float, input_ids.device());
+        let shape = input_ids.size();
+        let selected = Tensor::full(shape.as_slice(), probability, opts)
+            .bernoulli()
+            .to_kind(Kind::Bool)
+            .logical_and(&input_ids.ne(pad_id))
+            .logical_and(&input_ids.ne(cls_id));
+        let labels = input_ids.where_self(&selected, &Tensor::full_like(input_ids, IGNORE));
+        let replaced = Tensor::full(shape.as_slice(), 0.8, opts)
+            .bernoulli()
+            .to_kind(Kind::Bool)
+            .logical_and(&selected);
+        let random = Tensor::full(shape.as_slice(), 0.5, opts)
+            .bernoulli()
+            .to_kind(Kind::Bool)
+            .logical_and(&selected)
+            .logical_and(&replaced.logical_not());
+        let random_words = Tensor::randint(
+            vocab_size,
+            shape.as_slice(),
+            (Kind::Int64, input_ids.device()),
+        );
+        let ids = Tensor::full_like(input_ids, mask_id).where_self(&replaced, input_ids);
+        let ids = random_words.where_self(&random, &ids);
+        MlmInputs {
+            input_ids: ids,
+            labels,
+        }
+    })
+}
+
+fn check_indices(idx: &Tensor, bs: i64, name: &str) -> Result<()> {
+    if idx.size() != [bs] || idx.kind() != Kind::Int64 {
+        bail!(
+            "{name} must be i64 [{bs}], got {:?} {:?}",
+            idx.kind(),
+            idx.size()
+        );
+    }
+    let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
+    if lo < 0 || hi >= bs {
+        bail!("{name} holds indices {lo}..={hi}, outside 0..{bs}");
+    }
+    Ok(())
+}

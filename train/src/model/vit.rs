@@ -1,0 +1,201 @@
+//! The image encoder: a ViT with pre-norm blocks in the timm/DeiT layout, so that parameter
+//! paths are the official checkpoint keys under `visual_encoder.` (`blocks.0.attn.qkv.weight`,
+//! `cls_token`, `pos_embed`, `patch_embed.proj.weight`, `norm.weight`).
+//! Reference: salesforce/ALBEF models/vit.py (`VisionTransformer`, `Block`, `Attention`,
+//! `interpolate_pos_embed`); no dropout and no drop-path, as in pretraining.
+use super::layers::{attention, gelu, split_heads, LayerNorm, Linear, Precision, INIT_STD};
+use crate::config::VisionConfig;
+use tch::{nn, Tensor};
+
+/// `PatchEmbed`: a strided convolution from pixels to patch tokens.
+#[derive(Debug)]
+pub struct PatchEmbed {
+    weight: Tensor,
+    bias: Tensor,
+    patch: i64,
+    precision: Precision,
+}
+
+impl PatchEmbed {
+    fn new(p: &nn::Path, cfg: &VisionConfig, precision: Precision) -> Self {
+        let p = p / "proj";
+        let weight = p.var(
+            "weight",
+            &[cfg.width, 3, cfg.patch_size, cfg.patch_size],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
+        );
+        let bias = p.var("bias", &[cfg.width], nn::Init::Const(0.0));
+        PatchEmbed {
+            weight,
+            bias,
+            patch: cfg.patch_size,
+            precision,
+        }
+    }
+
+    /// [B, 3, H, W] -> [B, (H/p)*(W/p), width].
+    fn forward(&self, x: &Tensor) -> Tensor {
+        // A patch convolution is a matmul over unfolded patches; one conv2d call does both.
+        let kind = self.precision.0;
+        let cast = |t: &Tensor| kind.map_or_else(|| t.shallow_clone(), |k| t.to_kind(k));
+        let y = cast(x).conv2d(
+            &cast(&self.weight),
+            Some(&cast(&self.bias)),
+            [self.patch, self.patch],
+            [0, 0],
+            [1, 1],
+            1,
+        );
+        let y = if kind.is_some() {
+            y.to_kind(tch::Kind::Float)
+        } else {
+            y
+        };
+        y.flatten(2, 3).transpose(1, 2)
+    }
+}
+
+/// Multi-head self-attention with a fused `qkv` projection (vit.py `Attention`).
+#[derive(Debug)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: i64,
+    precision: Precision,
+}
+
+impl Attention {
+    fn new(p: &nn::Path, cfg: &VisionConfig, precision: Precision) -> Self {
+        Attention {
+            qkv: Linear::new(&(p / "qkv"), cfg.width, 3 * cfg.width, true, precision),
+            proj: Linear::new(&(p / "proj"), cfg.width, cfg.width, true, precision),
+            heads: cfg.heads,
+            precision,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let qkv = split_heads(&self.qkv.forward(x), 3, self.heads);
+        let out = attention(&qkv[0], &qkv[1], &qkv[2], None, 0.0, self.precision);
+        self.proj.forward(&out)
+    }
+}
+
+/// `Mlp`: fc1 -> GELU -> fc2.
+#[derive(Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(p: &nn::Path, cfg: &VisionConfig, precision: Precision) -> Self {
+        let hidden = (cfg.width as f64 * cfg.mlp_ratio) as i64;
+        Mlp {
+            fc1: Linear::new(&(p / "fc1"), cfg.width, hidden, true, precision),
+            fc2: Linear::new(&(p / "fc2"), hidden, cfg.width, true, precision),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&gelu(&self.fc1.forward(x)))
+    }
+}
+
+/// A pre-norm block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))` (vit.py `Block`).
+#[derive(Debug)]
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(p: &nn::Path, cfg: &VisionConfig, precision: Precision) -> Self {
+        Block {
+            norm1: LayerNorm::new(&(p / "norm1"), cfg.width, cfg.layer_norm_eps),
+            attn: Attention::new(&(p / "attn"), cfg, precision),
+            norm2: LayerNorm::new(&(p / "norm2"), cfg.width, cfg.layer_norm_eps),
+            mlp: Mlp::new(&(p / "mlp"), cfg, precision),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + self.attn.forward(&self.norm1.forward(x));
+        &x + self.mlp.forward(&self.norm2.forward(&x))
+    }
+}
+
+/// The ViT: patch tokens + CLS, learned position embedding, blocks, final norm
+/// (vit.py `VisionTransformer.forward`). Output [B, 1 + patches, width]; token 0 is CLS.
+#[derive(Debug)]
+pub struct VisionTransformer {
+    patch_embed: PatchEmbed,
+    pub cls_token: Tensor,
+    pub pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+}
+
+impl VisionTransformer {
+    pub fn new(p: &nn::Path, cfg: &VisionConfig, precision: Precision) -> Self {
+        let grid = cfg.image_res / cfg.patch_size;
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        };
+        VisionTransformer {
+            patch_embed: PatchEmbed::new(&(p / "patch_embed"), cfg, precision),
+            cls_token: p.var("cls_token", &[1, 1, cfg.width], init),
+            pos_embed: p.var("pos_embed", &[1, grid * grid + 1, cfg.width], init),
+            blocks: (0..cfg.depth)
+                .map(|i| Block::new(&(p / "blocks" / i), cfg, precision))
+                .collect(),
+            norm: LayerNorm::new(&(p / "norm"), cfg.width, cfg.layer_norm_eps),
+        }
+    }
+
+    /// `image` [B, 3, H, W], already normalised -> [B, 1 + patches, width].
+    pub fn forward(&self, image: &Tensor) -> Tensor {
+        let patches = self.patch_embed.forward(image);
+        let b = patches.size()[0];
+        let cls = self.cls_token.expand([b, -1, -1], false);
+        let mut x = Tensor::cat(&[cls, patches], 1) + &self.pos_embed;
+        for block in &self.blocks {
+            x = block.forward(&x);
+        }
+        self.norm.forward(&x)
+    }
+}
+
+/// Resizes a position embedding [1, 1 + g*g, C] to [1, 1 + n*n, C]: the CLS entry is kept,
+/// the grid is resized bicubically (align_corners false), as `interpolate_pos_embed` does to
+/// load DeiT's 14x14 grid into a 16x16 model.
+pub fn interpolate_pos_embed(pos_embed: &Tensor, new_grid: i64) -> anyhow::Result<Tensor> {
+    let (_, tokens, width) = pos_embed.size3().map_err(|_| {
+        anyhow::anyhow!("pos_embed has shape {:?}, not [1, N, C]", pos_embed.size())
+    })?;
+    let old_grid = ((tokens - 1) as f64).sqrt().round() as i64;
+    if old_grid * old_grid != tokens - 1 {
+        anyhow::bail!("pos_embed has {} tokens: not 1 + a square grid", tokens);
+    }
+    if old_grid == new_grid {
+        return Ok(pos_embed.shallow_clone());
+    }
+    let extra = pos_embed.narrow(1, 0, 1);
+    let grid = pos_embed
+        .narrow(1, 1, tokens - 1)
+        .reshape([1, old_grid, old_grid, width])
+        .permute([0, 3, 1, 2])
+        .to_kind(tch::Kind::Float);
+    let resized = grid
+        .upsample_bicubic2d([new_grid, new_grid], false, None, None)
+        .permute([0, 2, 3, 1])
+        .reshape([1, new_grid * new_grid, width])
+        .to_kind(pos_embed.kind());
+    Ok(Tensor::cat(&[extra, resized], 1))
+}
