@@ -1,0 +1,376 @@
+//! One query API over two backends. Postgres and SQLite both accept `$1`-style parameters and
+//! `INSERT ... ON CONFLICT ... RETURNING`, so most statements are written once; [`Q`] carries a
+//! query built for whichever pool the registry holds, and [`Row`] reads a column from either.
+//! Where the dialects differ (locking, array binds, `GREATEST`), callers branch on [`Dialect`].
+use anyhow::{Context, Result};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Postgres, Row as _, Sqlite, Transaction};
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The connection pool of one backend.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Pg(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Which SQL dialect a statement must be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// A value that both backends can bind.
+pub trait Bind<'q>:
+    'q
+    + Send
+    + sqlx::Encode<'q, Postgres>
+    + sqlx::Type<Postgres>
+    + sqlx::Encode<'q, Sqlite>
+    + sqlx::Type<Sqlite>
+{
+}
+impl<'q, T> Bind<'q> for T where
+    T: 'q
+        + Send
+        + sqlx::Encode<'q, Postgres>
+        + sqlx::Type<Postgres>
+        + sqlx::Encode<'q, Sqlite>
+        + sqlx::Type<Sqlite>
+{
+}
+
+/// A value that both backends can decode.
+pub trait Decode:
+    for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+    + for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+{
+}
+impl<T> Decode for T where
+    T: for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+        + for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+{
+}
+
+impl Db {
+    /// Connects to `postgres://...` or `sqlite://PATH` and runs the migrations of that dialect.
+    pub async fn connect(url: &str) -> Result<Db> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await
+                .with_context(|| format!("cannot connect to the registry at {}", redact(url)))?;
+            migrator(Dialect::Postgres)
+                .run(&pool)
+                .await
+                .with_context(|| format!("migrating the registry at {}", redact(url)))?;
+            Ok(Db::Pg(pool))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = Path::new(path);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!(
+                        "cannot create the folder {} for registry {url}",
+                        dir.display()
+                    )
+                })?;
+            }
+            let options = SqliteConnectOptions::from_str(url)
+                .with_context(|| format!("invalid registry URL {url}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot open the registry at {url}"))?;
+            migrator(Dialect::Sqlite)
+                .run(&pool)
+                .await
+                .with_context(|| format!("migrating the registry at {url}"))?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            anyhow::bail!(
+                "unsupported registry URL {url:?}: expected sqlite://PATH or postgres://USER@HOST/DB"
+            )
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Pg(_) => Dialect::Postgres,
+            Db::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    /// A statement written once for both dialects.
+    pub fn q(&self, sql: &'static str) -> Q<'static> {
+        match self {
+            Db::Pg(_) => Q::Pg(sqlx::query(sql)),
+            Db::Sqlite(_) => Q::Sqlite(sqlx::query(sql)),
+        }
+    }
+
+    /// A statement whose text was built at run time (filters, multi-row inserts); user values
+    /// are still bound, never part of the text.
+    pub fn q_str<'a>(&self, sql: &'a str) -> Q<'a> {
+        match self {
+            Db::Pg(_) => Q::Pg(sqlx::query(sql)),
+            Db::Sqlite(_) => Q::Sqlite(sqlx::query(sql)),
+        }
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`) so
+    /// that a transaction which reads before it writes cannot fail on a lock upgrade.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self {
+            Db::Pg(p) => Tx::Pg(p.begin().await.context("starting a registry transaction")?),
+            Db::Sqlite(p) => Tx::Sqlite(
+                p.begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .context("starting a registry transaction")?,
+            ),
+        })
+    }
+}
+
+/// The migrations of each dialect, embedded at build time: (version, description, SQL). Keep in
+/// step with the files under `migrations/` (a test checks it). Embedded with `include_str!`
+/// rather than `sqlx::migrate!` so that the crate does not build sqlx's proc-macro stack.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "registry",
+    include_str!("../../migrations/postgres/0001_registry.sql"),
+)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "registry",
+    include_str!("../../migrations/sqlite/0001_registry.sql"),
+)];
+
+fn migrator(dialect: Dialect) -> Migrator {
+    let list = match dialect {
+        Dialect::Postgres => POSTGRES_MIGRATIONS,
+        Dialect::Sqlite => SQLITE_MIGRATIONS,
+    };
+    Migrator {
+        migrations: Cow::Owned(
+            list.iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// Hides the password of a Postgres URL in messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// An open transaction on either backend.
+pub enum Tx {
+    Pg(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl Tx {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Pg(_) => Dialect::Postgres,
+            Tx::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    pub fn q(&self, sql: &'static str) -> Q<'static> {
+        match self {
+            Tx::Pg(_) => Q::Pg(sqlx::query(sql)),
+            Tx::Sqlite(_) => Q::Sqlite(sqlx::query(sql)),
+        }
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Pg(t) => t.commit().await,
+            Tx::Sqlite(t) => t.commit().await,
+        }
+        .context("committing a registry transaction")
+    }
+}
+
+/// Where a statement runs: on the pool or inside a transaction.
+pub enum On<'a> {
+    Db(&'a Db),
+    Tx(&'a mut Tx),
+}
+
+impl<'a> From<&'a Db> for On<'a> {
+    fn from(db: &'a Db) -> Self {
+        On::Db(db)
+    }
+}
+
+impl<'a> From<&'a mut Tx> for On<'a> {
+    fn from(tx: &'a mut Tx) -> Self {
+        On::Tx(tx)
+    }
+}
+
+/// A statement with its bound values, for one backend.
+pub enum Q<'q> {
+    Pg(Query<'q, Postgres, PgArguments>),
+    Sqlite(Query<'q, Sqlite, SqliteArguments<'q>>),
+}
+
+fn mismatch() -> sqlx::Error {
+    sqlx::Error::Protocol("a statement was built for the other registry backend".into())
+}
+
+impl<'q> Q<'q> {
+    pub fn bind<T: Bind<'q>>(self, value: T) -> Self {
+        match self {
+            Q::Pg(q) => Q::Pg(q.bind(value)),
+            Q::Sqlite(q) => Q::Sqlite(q.bind(value)),
+        }
+    }
+
+    pub async fn fetch_all(self, on: impl Into<On<'_>>) -> sqlx::Result<Vec<Row>> {
+        Ok(match (self, on.into()) {
+            (Q::Pg(q), On::Db(Db::Pg(p))) => {
+                q.fetch_all(p).await?.into_iter().map(Row::Pg).collect()
+            }
+            (Q::Pg(q), On::Tx(Tx::Pg(t))) => q
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::Pg)
+                .collect(),
+            (Q::Sqlite(q), On::Db(Db::Sqlite(p))) => {
+                q.fetch_all(p).await?.into_iter().map(Row::Sqlite).collect()
+            }
+            (Q::Sqlite(q), On::Tx(Tx::Sqlite(t))) => q
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
+            _ => return Err(mismatch()),
+        })
+    }
+
+    pub async fn fetch_optional(self, on: impl Into<On<'_>>) -> sqlx::Result<Option<Row>> {
+        Ok(match (self, on.into()) {
+            (Q::Pg(q), On::Db(Db::Pg(p))) => q.fetch_optional(p).await?.map(Row::Pg),
+            (Q::Pg(q), On::Tx(Tx::Pg(t))) => q.fetch_optional(&mut **t).await?.map(Row::Pg),
+            (Q::Sqlite(q), On::Db(Db::Sqlite(p))) => q.fetch_optional(p).await?.map(Row::Sqlite),
+            (Q::Sqlite(q), On::Tx(Tx::Sqlite(t))) => {
+                q.fetch_optional(&mut **t).await?.map(Row::Sqlite)
+            }
+            _ => return Err(mismatch()),
+        })
+    }
+
+    pub async fn fetch_one(self, on: impl Into<On<'_>>) -> sqlx::Result<Row> {
+        self.fetch_optional(on)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Runs the statement and returns the number of rows it changed.
+    pub async fn execute(self, on: impl Into<On<'_>>) -> sqlx::Result<u64> {
+        Ok(match (self, on.into()) {
+            (Q::Pg(q), On::Db(Db::Pg(p))) => q.execute(p).await?.rows_affected(),
+            (Q::Pg(q), On::Tx(Tx::Pg(t))) => q.execute(&mut **t).await?.rows_affected(),
+            (Q::Sqlite(q), On::Db(Db::Sqlite(p))) => q.execute(p).await?.rows_affected(),
+            (Q::Sqlite(q), On::Tx(Tx::Sqlite(t))) => q.execute(&mut **t).await?.rows_affected(),
+            _ => return Err(mismatch()),
+        })
+    }
+}
+
+/// A result row from either backend.
+pub enum Row {
+    Pg(PgRow),
+    Sqlite(SqliteRow),
+}
+
+impl Row {
+    pub fn get<T: Decode>(&self, column: &str) -> sqlx::Result<T> {
+        match self {
+            Row::Pg(r) => r.try_get(column),
+            Row::Sqlite(r) => r.try_get(column),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (dir, list) in [
+            ("postgres", super::POSTGRES_MIGRATIONS),
+            ("sqlite", super::SQLITE_MIGRATIONS),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../migrations")
+                .join(dir);
+            let mut files: Vec<String> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|f| f.ends_with(".sql"))
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), list.len(), "{dir}: {files:?}");
+            for (file, (version, _, sql)) in files.iter().zip(list) {
+                assert!(file.starts_with(&format!("{version:04}_")), "{file}");
+                assert_eq!(&std::fs::read_to_string(path.join(file)).unwrap(), sql);
+            }
+        }
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,210 @@
+//! Filter AST -> SQL over `runs r JOIN experiments e`. The text produced holds only column
+//! names, operators and `$N` placeholders; every constant and every metric, param or tag name
+//! from the user goes into [`SqlParams`] and is bound. Metric, param and tag comparisons are
+//! `EXISTS` subqueries, which both planners turn into (semi-)joins on the indexed tables.
+use super::{Agg, Attr, Expr, Field, Literal, OrderTerm};
+
+/// A bound value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// The values bound so far; `$N` is the N-th.
+#[derive(Debug, Default)]
+pub struct SqlParams {
+    pub values: Vec<Param>,
+}
+
+impl SqlParams {
+    /// Adds a value and returns its placeholder.
+    pub fn push(&mut self, p: Param) -> String {
+        self.values.push(p);
+        format!("${}", self.values.len())
+    }
+
+    fn literal(&mut self, field: &Field, lit: &Literal) -> String {
+        let p = match lit {
+            Literal::Str(s) => Param::Text(s.clone()),
+            Literal::Num(n) if integral(field) && n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                Param::Int(*n as i64)
+            }
+            Literal::Num(n) => Param::Float(*n),
+        };
+        self.push(p)
+    }
+}
+
+/// Attributes stored as integers bind integers, so that their indexes apply.
+fn integral(field: &Field) -> bool {
+    matches!(field, Field::Attr(a) if a.is_numeric())
+}
+
+fn metric_column(agg: Agg) -> &'static str {
+    match agg {
+        Agg::Last => "last_value",
+        Agg::Min => "min_value",
+        Agg::Max => "max_value",
+    }
+}
+
+fn attr_column(a: Attr) -> &'static str {
+    match a {
+        Attr::Id => "r.id",
+        Attr::Name => "r.name",
+        Attr::Status => "r.status",
+        Attr::Experiment => "e.name",
+        Attr::StartTime => "r.start_time",
+        Attr::EndTime => "r.end_time",
+    }
+}
+
+/// Wraps `test` (a condition on column `col` of the field's row) in the field's lookup.
+fn on_field(
+    field: &Field,
+    params: &mut SqlParams,
+    test: impl FnOnce(&str, &mut SqlParams) -> String,
+) -> String {
+    let (table, key, col) = match field {
+        Field::Attr(a) => return test(attr_column(*a), params),
+        Field::Metric { key, agg } => (
+            "metric_summaries",
+            key,
+            format!("x.{}", metric_column(*agg)),
+        ),
+        Field::Param(key) => ("params", key, "x.value".to_string()),
+        Field::Tag(key) => ("tags", key, "x.value".to_string()),
+    };
+    let key = params.push(Param::Text(key.clone()));
+    let cond = test(&col, params);
+    format!("EXISTS (SELECT 1 FROM {table} x WHERE x.run_id = r.id AND x.key = {key} AND {cond})")
+}
+
+/// The WHERE condition for a filter.
+pub fn where_sql(expr: &Expr, params: &mut SqlParams) -> String {
+    match expr {
+        Expr::And(a, b) => format!("({} AND {})", where_sql(a, params), where_sql(b, params)),
+        Expr::Or(a, b) => format!("({} OR {})", where_sql(a, params), where_sql(b, params)),
+        Expr::Cmp { field, op, value } => on_field(field, params, |col, params| {
+            let v = params.literal(field, value);
+            format!("{col} {} {v}", op.sql())
+        }),
+        Expr::In {
+            field,
+            negated,
+            values,
+        } => on_field(field, params, |col, params| {
+            let list: Vec<String> = values.iter().map(|v| params.literal(field, v)).collect();
+            let not = if *negated { "NOT " } else { "" };
+            format!("{col} {not}IN ({})", list.join(", "))
+        }),
+    }
+}
+
+/// What ordering adds to the query: joins, selected columns `oN`, and the ORDER BY list.
+#[derive(Debug, Default)]
+pub struct OrderSql {
+    pub joins: String,
+    pub columns: String,
+    pub order: String,
+}
+
+pub fn order_sql(terms: &[OrderTerm], params: &mut SqlParams) -> OrderSql {
+    let mut out = OrderSql::default();
+    let mut order = Vec::new();
+    for (i, term) in terms.iter().enumerate() {
+        let alias = format!("o{i}");
+        let expr = match &term.field {
+            Field::Attr(a) => attr_column(*a).to_string(),
+            field => {
+                let (table, key, col) = match field {
+                    Field::Metric { key, agg } => ("metric_summaries", key, metric_column(*agg)),
+                    Field::Param(key) => ("params", key, "value"),
+                    Field::Tag(key) => ("tags", key, "value"),
+                    Field::Attr(_) => unreachable!("handled above"),
+                };
+                let key = params.push(Param::Text(key.clone()));
+                out.joins +=
+                    &format!(" LEFT JOIN {table} j{i} ON j{i}.run_id = r.id AND j{i}.key = {key}");
+                format!("j{i}.{col}")
+            }
+        };
+        out.columns += &format!(", {expr} AS {alias}");
+        let dir = if term.descending { "DESC" } else { "ASC" };
+        order.push(format!("{expr} {dir} NULLS LAST"));
+    }
+    order.push("r.id DESC".into());
+    out.order = order.join(", ");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_filter, parse_order_by};
+    use super::*;
+
+    #[test]
+    fn user_text_is_only_bound() {
+        let input = "params.`x'; DROP TABLE runs; --` = 'a''; DELETE FROM runs' OR name LIKE '%\"'";
+        let mut params = SqlParams::default();
+        let sql = where_sql(&parse_filter(input).unwrap(), &mut params);
+        assert!(
+            !sql.contains("DROP") && !sql.contains("DELETE") && !sql.contains('\''),
+            "{sql}"
+        );
+        assert_eq!(
+            params.values,
+            vec![
+                Param::Text("x'; DROP TABLE runs; --".into()),
+                Param::Text("a'; DELETE FROM runs".into()),
+                Param::Text("%\"".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_issue_example() {
+        let mut params = SqlParams::default();
+        let sql = where_sql(
+            &parse_filter("min(metrics.loss) < 2 OR params.lr IN ('0.5', '0.1')").unwrap(),
+            &mut params,
+        );
+        assert_eq!(
+            sql,
+            "(EXISTS (SELECT 1 FROM metric_summaries x WHERE x.run_id = r.id AND x.key = $1 AND x.min_value < $2) \
+             OR EXISTS (SELECT 1 FROM params x WHERE x.run_id = r.id AND x.key = $3 AND x.value IN ($4, $5)))"
+        );
+        assert_eq!(params.values[1], Param::Float(2.0));
+    }
+
+    #[test]
+    fn integer_attributes_bind_integers() {
+        let mut params = SqlParams::default();
+        let sql = where_sql(
+            &parse_filter("id >= 3 AND start_time < 1.5").unwrap(),
+            &mut params,
+        );
+        assert_eq!(sql, "(r.id >= $1 AND r.start_time < $2)");
+        assert_eq!(params.values, vec![Param::Int(3), Param::Float(1.5)]);
+    }
+
+    #[test]
+    fn ordering_joins_each_term() {
+        let mut params = SqlParams::default();
+        let o = order_sql(
+            &parse_order_by("min(metrics.loss), status DESC").unwrap(),
+            &mut params,
+        );
+        assert_eq!(
+            o.joins,
+            " LEFT JOIN metric_summaries j0 ON j0.run_id = r.id AND j0.key = $1"
+        );
+        assert_eq!(o.columns, ", j0.min_value AS o0, r.status AS o1");
+        assert_eq!(
+            o.order,
+            "j0.min_value ASC NULLS LAST, r.status DESC NULLS LAST, r.id DESC"
+        );
+    }
+}

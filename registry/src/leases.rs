@@ -1,0 +1,86 @@
+//! Work leases: units of work (e.g. chunks of a URL list) that workers on several machines share
+//! through the registry. A worker claims a unit for a while, renews the lease while it works,
+//! and completes it; a unit whose lease ran out can be claimed by another worker.
+use crate::{now_ms, Registry};
+use anyhow::{Context, Result};
+use std::time::Duration;
+
+impl Registry {
+    /// Claims `unit` of `scope` for `owner` until now + `lease`. Succeeds when the unit is new,
+    /// its lease has expired, or `owner` already holds it; never when it is done.
+    pub async fn try_claim_unit(
+        &self,
+        scope: &str,
+        unit: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let changed = self
+            .db
+            .q("INSERT INTO work_leases (scope, unit, owner, lease_until, attempts, done) \
+                VALUES ($1, $2, $3, $4, 1, FALSE) \
+                ON CONFLICT (scope, unit) DO UPDATE SET owner = excluded.owner, \
+                  lease_until = excluded.lease_until, attempts = work_leases.attempts + 1 \
+                WHERE NOT work_leases.done AND (work_leases.lease_until < $5 OR work_leases.owner = excluded.owner)")
+            .bind(scope.to_string())
+            .bind(unit.to_string())
+            .bind(owner.to_string())
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .execute(&self.db)
+            .await
+            .with_context(|| format!("claiming unit {unit:?} of {scope:?} for {owner:?}"))?;
+        Ok(changed == 1)
+    }
+
+    /// Extends a lease that `owner` still holds; false when it lost it or the unit is done.
+    pub async fn renew(
+        &self,
+        scope: &str,
+        unit: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let changed = self
+            .db
+            .q("UPDATE work_leases SET lease_until = $4 \
+                WHERE scope = $1 AND unit = $2 AND owner = $3 AND NOT done AND lease_until >= $5")
+            .bind(scope.to_string())
+            .bind(unit.to_string())
+            .bind(owner.to_string())
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .execute(&self.db)
+            .await
+            .with_context(|| format!("renewing unit {unit:?} of {scope:?} for {owner:?}"))?;
+        Ok(changed == 1)
+    }
+
+    /// Marks a unit that `owner` holds as done; false when `owner` does not hold it.
+    pub async fn complete_unit(&self, scope: &str, unit: &str, owner: &str) -> Result<bool> {
+        let changed = self
+            .db
+            .q("UPDATE work_leases SET done = TRUE WHERE scope = $1 AND unit = $2 AND owner = $3 AND NOT done")
+            .bind(scope.to_string())
+            .bind(unit.to_string())
+            .bind(owner.to_string())
+            .execute(&self.db)
+            .await
+            .with_context(|| format!("completing unit {unit:?} of {scope:?} for {owner:?}"))?;
+        Ok(changed == 1)
+    }
+
+    /// The units of `scope` that are done.
+    pub async fn done_units(&self, scope: &str) -> Result<Vec<String>> {
+        let rows = self
+            .db
+            .q("SELECT unit FROM work_leases WHERE scope = $1 AND done ORDER BY unit")
+            .bind(scope.to_string())
+            .fetch_all(&self.db)
+            .await
+            .with_context(|| format!("listing done units of {scope:?}"))?;
+        rows.iter().map(|r| Ok(r.get("unit")?)).collect()
+    }
+}
