@@ -16,8 +16,9 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 ifeq ($(LIBTORCH),)
 export LIBTORCH_USE_PYTORCH := 1
-export VIRTUAL_ENV := $(CURDIR)/.venv
-export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# The real folder, not the .venv link: the binary's runpath then stays valid across clones.
+export VIRTUAL_ENV := $(TORCH_VENV)
+export PATH := $(TORCH_VENV)/bin:$(PATH)
 TORCH_DEP := .venv/.ready
 endif
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
