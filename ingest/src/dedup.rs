@@ -1,0 +1,407 @@
+//! The dedupe index: canonical URLs (with the caption's hash) before fetching, sha256 of the
+//! bytes and 64-bit pHashes after. Near-duplicate search uses multi-index hashing: the hash is
+//! cut into four 16-bit bands and, by the pigeonhole principle, a hash within distance d of a
+//! stored one agrees with it within d/4 bits on at least one band, so a query looks at a few
+//! buckets instead of every entry. The index is saved with the dataset (`dedup.index`) so that
+//! a later version admits no duplicate of anything earlier.
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+pub const INDEX_FILE: &str = "dedup.index";
+const MAGIC: &[u8; 8] = b"ALBEFDX1";
+const BANDS: usize = 4;
+
+/// A stable 64-bit hash of a string (first 8 bytes of its sha256).
+pub fn hash64(s: &str) -> u64 {
+    let d = Sha256::digest(s.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// How a row duplicates an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DupKind {
+    /// Same canonical URL and the same caption text.
+    UrlAndText,
+    /// Same canonical URL, another caption (the image is not fetched twice).
+    Url,
+    /// Same bytes (sha256).
+    Exact,
+    /// pHash within the distance (possibly of the mirrored image).
+    Near(u32),
+}
+
+impl DupKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            DupKind::UrlAndText => "url_and_text",
+            DupKind::Url => "url",
+            DupKind::Exact => "sha256",
+            DupKind::Near(_) => "phash",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct DedupIndex {
+    keys: Vec<Box<str>>,
+    /// canonical URL hash -> (key id, text hash)
+    urls: HashMap<u64, (u32, u64)>,
+    /// sha256 prefix -> key id
+    sha: HashMap<u64, u32>,
+    /// (pHash, key id)
+    phashes: Vec<(u64, u32)>,
+    /// For each band, 2^16 buckets of positions in `phashes`.
+    bands: Vec<Vec<Vec<u32>>>,
+}
+
+/// All 16-bit values within Hamming distance `r` of `v`.
+fn neighbours(v: u16, r: u32, out: &mut Vec<u16>) {
+    out.clear();
+    out.push(v);
+    let mut frontier = vec![(v, 0u32)];
+    for _ in 0..r {
+        let mut next = Vec::new();
+        for &(x, lowest) in &frontier {
+            for b in lowest..16 {
+                let y = x ^ (1 << b);
+                out.push(y);
+                next.push((y, b + 1));
+            }
+        }
+        frontier = next;
+    }
+}
+
+impl DedupIndex {
+    pub fn new() -> DedupIndex {
+        DedupIndex {
+            bands: (0..BANDS).map(|_| vec![Vec::new(); 1 << 16]).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn len(&self) -> (usize, usize, usize) {
+        (self.urls.len(), self.sha.len(), self.phashes.len())
+    }
+
+    fn key_id(&mut self, key: &str) -> u32 {
+        if self.keys.last().is_some_and(|k| &**k == key) {
+            return (self.keys.len() - 1) as u32;
+        }
+        self.keys.push(key.into());
+        (self.keys.len() - 1) as u32
+    }
+
+    pub fn key(&self, id: u32) -> &str {
+        &self.keys[id as usize]
+    }
+
+    /// The first row with this canonical URL, or `None` after recording `key` as its first row.
+    pub fn check_url(
+        &mut self,
+        canonical_url: &str,
+        text: &str,
+        key: &str,
+    ) -> Option<(String, DupKind)> {
+        let (u, t) = (hash64(canonical_url), hash64(text));
+        if let Some(&(id, text_hash)) = self.urls.get(&u) {
+            let kind = if text_hash == t {
+                DupKind::UrlAndText
+            } else {
+                DupKind::Url
+            };
+            return Some((self.key(id).to_string(), kind));
+        }
+        let id = self.key_id(key);
+        self.urls.insert(u, (id, t));
+        None
+    }
+
+    /// The nearest stored pHash within `max_distance` of any of `hashes`.
+    pub fn nearest(&self, hashes: &[u64], max_distance: u32) -> Option<(u32, u32)> {
+        let mut best: Option<(u32, u32)> = None;
+        let mut cands = Vec::new();
+        for &h in hashes {
+            for band in 0..BANDS {
+                let v = (h >> (16 * band)) as u16;
+                neighbours(v, max_distance / BANDS as u32, &mut cands);
+                for &c in &cands {
+                    for &pos in &self.bands[band][usize::from(c)] {
+                        let (stored, id) = self.phashes[pos as usize];
+                        let d = (stored ^ h).count_ones();
+                        if d <= max_distance && best.is_none_or(|(bd, _)| d < bd) {
+                            best = Some((d, id));
+                        }
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn insert_phash(&mut self, phash: u64, id: u32) {
+        let pos = self.phashes.len() as u32;
+        self.phashes.push((phash, id));
+        for band in 0..BANDS {
+            self.bands[band][usize::from((phash >> (16 * band)) as u16)].push(pos);
+        }
+    }
+
+    /// The first copy of these bytes (sha256) or of this picture (pHash within `max_distance`,
+    /// mirrored too; `None` turns near-duplicate search off), or `None` after recording `key`.
+    pub fn check_content(
+        &mut self,
+        sha256: &[u8; 32],
+        phash: u64,
+        phash_mirror: u64,
+        max_distance: Option<u32>,
+        key: &str,
+    ) -> Option<(String, DupKind)> {
+        let s = u64::from_le_bytes(sha256[..8].try_into().expect("8 bytes"));
+        if let Some(&id) = self.sha.get(&s) {
+            return Some((self.key(id).to_string(), DupKind::Exact));
+        }
+        if let Some(d) = max_distance {
+            if let Some((dist, id)) = self.nearest(&[phash, phash_mirror], d) {
+                return Some((self.key(id).to_string(), DupKind::Near(dist)));
+            }
+        }
+        let id = self.key_id(key);
+        self.sha.insert(s, id);
+        self.insert_phash(phash, id);
+        None
+    }
+
+    /// Records a row of an earlier (complete) shard: its URL, and its content when it succeeded.
+    pub fn add_existing(
+        &mut self,
+        key: &str,
+        canonical_url: Option<&str>,
+        text: &str,
+        content: Option<(&str, u64)>,
+    ) {
+        let id = self.key_id(key);
+        if let Some(u) = canonical_url {
+            self.urls.entry(hash64(u)).or_insert((id, hash64(text)));
+        }
+        if let Some((sha_hex, phash)) = content {
+            if let Some(s) = sha_hex
+                .get(..16)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            {
+                // The hex string is big-endian bytes; the map keys the first 8 bytes little-endian.
+                let s = u64::from_le_bytes(s.to_be_bytes());
+                if self.sha.insert(s, id).is_none() {
+                    self.insert_phash(phash, id);
+                }
+            }
+        }
+    }
+
+    /// Writes the index to `path` atomically. Keys without a `/` get `prefix` (e.g.
+    /// `name@3/`) so that rows of this version stay identifiable from later versions.
+    pub fn save(&self, path: &Path, prefix: &str) -> Result<()> {
+        let mut buf = BufWriter::new(Vec::new());
+        buf.write_all(MAGIC)?;
+        buf.write_all(&(self.keys.len() as u64).to_le_bytes())?;
+        for k in &self.keys {
+            let k = if k.contains('/') {
+                k.to_string()
+            } else {
+                format!("{prefix}{k}")
+            };
+            buf.write_all(&(k.len() as u32).to_le_bytes())?;
+            buf.write_all(k.as_bytes())?;
+        }
+        buf.write_all(&(self.urls.len() as u64).to_le_bytes())?;
+        for (u, (id, t)) in &self.urls {
+            buf.write_all(&u.to_le_bytes())?;
+            buf.write_all(&id.to_le_bytes())?;
+            buf.write_all(&t.to_le_bytes())?;
+        }
+        buf.write_all(&(self.phashes.len() as u64).to_le_bytes())?;
+        let by_id: HashMap<u32, u64> = self.sha.iter().map(|(s, id)| (*id, *s)).collect();
+        for (p, id) in &self.phashes {
+            buf.write_all(&by_id.get(id).copied().unwrap_or_default().to_le_bytes())?;
+            buf.write_all(&p.to_le_bytes())?;
+            buf.write_all(&id.to_le_bytes())?;
+        }
+        let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::shard::write_atomic(path, &bytes)
+    }
+
+    /// Reads an index written by [`save`](DedupIndex::save).
+    pub fn load(path: &Path) -> Result<DedupIndex> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open dedupe index {}", path.display()))?;
+        let mut r = BufReader::new(file);
+        let ctx = || format!("dedupe index {} is truncated or corrupt", path.display());
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic).with_context(ctx)?;
+        if &magic != MAGIC {
+            bail!("{} is not a dedupe index", path.display());
+        }
+        let u64_ = |r: &mut BufReader<std::fs::File>| -> Result<u64> {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).with_context(ctx)?;
+            Ok(u64::from_le_bytes(b))
+        };
+        let mut idx = DedupIndex::new();
+        let n = u64_(&mut r)?;
+        for _ in 0..n {
+            let mut l = [0u8; 4];
+            r.read_exact(&mut l).with_context(ctx)?;
+            let mut k = vec![0u8; u32::from_le_bytes(l) as usize];
+            r.read_exact(&mut k).with_context(ctx)?;
+            idx.keys
+                .push(String::from_utf8(k).with_context(ctx)?.into());
+        }
+        let read_id = |r: &mut BufReader<std::fs::File>| -> Result<u32> {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).with_context(ctx)?;
+            let id = u32::from_le_bytes(b);
+            if u64::from(id) >= n {
+                bail!("{}", ctx());
+            }
+            Ok(id)
+        };
+        for _ in 0..u64_(&mut r)? {
+            let u = u64_(&mut r)?;
+            let id = read_id(&mut r)?;
+            let t = u64_(&mut r)?;
+            idx.urls.insert(u, (id, t));
+        }
+        for _ in 0..u64_(&mut r)? {
+            let s = u64_(&mut r)?;
+            let p = u64_(&mut r)?;
+            let id = read_id(&mut r)?;
+            idx.sha.insert(s, id);
+            idx.insert_phash(p, id);
+        }
+        Ok(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(s: &str) -> [u8; 32] {
+        Sha256::digest(s.as_bytes()).into()
+    }
+
+    #[test]
+    fn neighbours_cover_the_radius() {
+        let mut out = Vec::new();
+        neighbours(0, 1, &mut out);
+        assert_eq!(out.len(), 17);
+        neighbours(0xFFFF, 2, &mut out);
+        assert_eq!(out.len(), 1 + 16 + 120);
+        out.sort_unstable();
+        out.dedup();
+        assert_eq!(out.len(), 137);
+    }
+
+    #[test]
+    fn finds_every_hash_within_the_distance() {
+        let mut idx = DedupIndex::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let stored: Vec<u64> = (0..20_000u64)
+            .map(|i| {
+                // splitmix64: distinct inputs give distinct, well-spread outputs.
+                let mut z = i.wrapping_add(1).wrapping_mul(0x9E3779B97F4A7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+                z ^ (z >> 31)
+            })
+            .collect();
+        for (i, &h) in stored.iter().enumerate() {
+            assert!(idx
+                .check_content(&sha(&i.to_string()), h, !h, None, &format!("k{i}"))
+                .is_none());
+        }
+        for d in [0u32, 3, 6, 8, 10] {
+            for (i, &h) in stored.iter().enumerate().take(300) {
+                let mut q = h;
+                let mut flipped = 0;
+                while flipped < d {
+                    let b = 1u64 << rng.u32(0..64);
+                    if (q ^ h) & b == 0 {
+                        q ^= b;
+                        flipped += 1;
+                    }
+                }
+                let (dist, id) = idx.nearest(&[q], d).expect("within distance");
+                assert!(dist <= d);
+                if dist == d {
+                    assert_eq!(idx.key(id), format!("k{i}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn urls_bytes_and_pictures_and_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DedupIndex::new();
+        assert_eq!(idx.check_url("http://a/1.jpg", "a cat", "000"), None);
+        assert_eq!(
+            idx.check_url("http://a/1.jpg", "a cat", "001"),
+            Some(("000".into(), DupKind::UrlAndText))
+        );
+        assert_eq!(
+            idx.check_url("http://a/1.jpg", "a dog", "002"),
+            Some(("000".into(), DupKind::Url))
+        );
+        assert_eq!(
+            idx.check_content(&sha("x"), 0xF0F0, 0x0F0F, Some(4), "000"),
+            None
+        );
+        assert_eq!(
+            idx.check_content(&sha("x"), 0, 0, Some(4), "003"),
+            Some(("000".into(), DupKind::Exact))
+        );
+        assert_eq!(
+            idx.check_content(&sha("y"), 0xF0F1, 1, Some(4), "004"),
+            Some(("000".into(), DupKind::Near(1)))
+        );
+        assert_eq!(
+            idx.check_content(&sha("z"), 1, 0xF0F0, Some(4), "005"),
+            Some(("000".into(), DupKind::Near(0)))
+        );
+        assert_eq!(
+            idx.check_content(&sha("w"), u64::MAX, u64::MAX, Some(4), "006"),
+            None
+        );
+
+        let path = dir.path().join(INDEX_FILE);
+        idx.save(&path, "ds@1/").unwrap();
+        let mut back = DedupIndex::load(&path).unwrap();
+        assert_eq!(back.len(), idx.len());
+        assert_eq!(
+            back.check_url("http://a/1.jpg", "x", "n0"),
+            Some(("ds@1/000".into(), DupKind::Url))
+        );
+        assert_eq!(
+            back.check_content(&sha("w"), 5, 5, None, "n1"),
+            Some(("ds@1/006".into(), DupKind::Exact))
+        );
+        std::fs::write(&path, b"ALBEFDX1\x05").unwrap();
+        assert!(DedupIndex::load(&path).is_err());
+    }
+
+    #[test]
+    fn existing_rows_use_the_same_sha_key() {
+        let mut idx = DedupIndex::new();
+        let digest = sha("bytes");
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        idx.add_existing("000", Some("http://a/1.jpg"), "t", Some((&hex, 42)));
+        assert_eq!(
+            idx.check_content(&digest, 999, 999, None, "001"),
+            Some(("000".into(), DupKind::Exact))
+        );
+    }
+}
