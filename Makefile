@@ -23,8 +23,17 @@ TORCH_DEP := .venv/.ready
 endif
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 
-.PHONY: build demo test fmt lint setup postgres clean
-setup: $(TORCH_DEP) assets/.ready
+.PHONY: build demo test fmt lint setup sysdeps postgres clean
+setup: sysdeps $(TORCH_DEP) assets/.ready
+
+# Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
+BUILD_PKGS := cmake nasm
+sysdeps:
+	@missing=""; for p in $(BUILD_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 .venv/.ready:
 	@if [ ! -x "$(TORCH_VENV)/bin/python" ] || ! "$(TORCH_VENV)/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "$(TORCH_VERSION)")' 2>/dev/null; then \
