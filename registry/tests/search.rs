@@ -1,0 +1,149 @@
+//! The filter language against real data on both backends.
+mod common;
+use albef_registry::{RunSearch, RunStatus};
+use common::{err_text, on_both};
+use serde_json::json;
+
+async fn ids(
+    reg: &albef_registry::Registry,
+    filter: &str,
+    order: Option<&str>,
+) -> anyhow::Result<Vec<i64>> {
+    let hits = reg
+        .search_runs(&RunSearch {
+            filter: Some(filter.into()),
+            order_by: order.map(str::to_string),
+            ..Default::default()
+        })
+        .await?;
+    Ok(hits.into_iter().map(|h| h.run.id).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_grammar_cases() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        // run i: lr = 0.1 * (i % 3 + 1) as text, loss history i+3, i+1, i+2 (min i+1, last i+2).
+        let mut runs = Vec::new();
+        for i in 0..6i64 {
+            let exp = if i < 4 { "a" } else { "b" };
+            let run = reg.create_run(exp, &format!("run-{i}"), &json!({})).await?;
+            let lr = ["0.1", "0.2", "0.5"][(i % 3) as usize];
+            reg.log_params(
+                run,
+                &[("lr".into(), lr.into()), ("opt.name".into(), "adam".into())],
+            )
+            .await?;
+            reg.set_tags(run, &[("my tag".into(), format!("t{i}"))])
+                .await?;
+            let w = reg.metric_writer(run);
+            for (step, v) in [(0, 3), (1, 1), (2, 2)] {
+                w.log("loss", step, (i + v) as f64)?;
+            }
+            w.finish().await?;
+            if i % 2 == 1 {
+                reg.finish_run(run, RunStatus::Finished).await?;
+            }
+            runs.push(run);
+        }
+        let r = |i: usize| runs[i];
+        assert_eq!(
+            ids(
+                &reg,
+                "min(metrics.loss) < 2 OR params.lr IN ('0.5')",
+                Some("id")
+            )
+            .await?,
+            vec![r(0), r(2), r(5)]
+        );
+        assert_eq!(
+            ids(&reg, "metrics.loss <= 3", Some("id ASC")).await?,
+            vec![r(0), r(1)]
+        );
+        assert_eq!(ids(&reg, "max(metrics.loss) = 8", None).await?, vec![r(5)]);
+        assert_eq!(
+            ids(&reg, "params.lr = 0.2 AND status = 'finished'", None).await?,
+            vec![r(1)]
+        );
+        assert_eq!(
+            ids(
+                &reg,
+                "params.lr != '0.1' AND (experiment = 'b' OR name LIKE '%-1')",
+                Some("id")
+            )
+            .await?,
+            vec![r(1), r(4), r(5)]
+        );
+        assert_eq!(
+            ids(&reg, "params.lr NOT IN ('0.1', '0.2')", Some("id")).await?,
+            vec![r(2), r(5)]
+        );
+        assert_eq!(
+            ids(
+                &reg,
+                "tags.`my tag` = 't3' AND params.\"opt.name\" = 'adam'",
+                None
+            )
+            .await?,
+            vec![r(3)]
+        );
+        assert_eq!(
+            ids(&reg, "params.missing = 'x' OR metrics.missing > 0", None).await?,
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            ids(
+                &reg,
+                &format!("id IN ({}, {})", r(1), r(3)),
+                Some("id DESC")
+            )
+            .await?,
+            vec![r(3), r(1)]
+        );
+        // Order by min(loss) descending, with the ordering value returned.
+        let hits = reg
+            .search_runs(&RunSearch {
+                experiment: Some("a".into()),
+                filter: Some("start_time > 0".into()),
+                order_by: Some("min(metrics.loss) DESC".into()),
+                limit: Some(2),
+            })
+            .await?;
+        assert_eq!(
+            hits.iter().map(|h| h.run.id).collect::<Vec<_>>(),
+            vec![r(3), r(2)]
+        );
+        assert_eq!(
+            hits[0].values,
+            vec![("min(metrics.loss)".to_string(), json!(4.0))]
+        );
+
+        let e = err_text(ids(&reg, "metrics.loss < 'x'", None).await);
+        assert!(
+            e.contains("filter: metrics.loss compares with numbers") && e.contains("column 16"),
+            "{e}"
+        );
+        let e = err_text(ids(&reg, "metrics.loss >", None).await);
+        assert!(e.contains("expected a value after '>' at column 15"), "{e}");
+        let e = err_text(ids(&reg, "id = 1", Some("loss")).await);
+        assert!(e.contains("order-by: unknown field 'loss'"), "{e}");
+        let e = err_text(
+            reg.search_runs(&RunSearch {
+                experiment: Some("zzz".into()),
+                ..Default::default()
+            })
+            .await,
+        );
+        assert!(e.contains("no experiment named \"zzz\""), "{e}");
+        let e = err_text(
+            reg.search_runs(&RunSearch {
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await,
+        );
+        assert!(e.contains("limit 0 is out of range"), "{e}");
+        Ok(())
+    })
+    .await;
+}
