@@ -17,11 +17,14 @@ mod checkpoints;
 mod datasets;
 mod db;
 pub mod filter;
+#[cfg(feature = "http")]
+pub mod http;
 mod leases;
 mod metrics;
 mod promotion;
 mod runs;
 mod search;
+pub mod views;
 
 pub use checkpoints::Checkpoint;
 pub use datasets::{DatasetVersion, NewDatasetVersion, NewShard, Shard};

@@ -1,5 +1,6 @@
 //! The subcommands. One file per area; each parses its own arguments and calls a stage crate.
 mod pending;
+mod serve;
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -45,11 +46,11 @@ pub enum Command {
     /// Run scheduler workers that claim and run due ingestion jobs
     Scheduler(pending::Pending),
     /// Serve the JSON API and the web dashboard
-    Serve(pending::Pending),
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
-    pub async fn run(self, _ctx: Context) -> anyhow::Result<()> {
+    pub async fn run(self, ctx: Context) -> anyhow::Result<()> {
         match self {
             Command::Runs(_) => pending::not_built("runs", 2),
             Command::Ckpt(_) => pending::not_built("ckpt", 2),
@@ -61,7 +62,7 @@ impl Command {
             Command::Pipeline(_) => pending::not_built("pipeline", 7),
             Command::Schedule(_) => pending::not_built("schedule", 7),
             Command::Scheduler(_) => pending::not_built("scheduler", 7),
-            Command::Serve(_) => pending::not_built("serve", 7),
+            Command::Serve(args) => args.run(ctx).await,
         }
     }
 }
