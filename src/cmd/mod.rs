@@ -1,4 +1,5 @@
 //! The subcommands. One file per area; each parses its own arguments and calls a stage crate.
+mod corpus;
 mod pending;
 mod serve;
 
@@ -47,6 +48,8 @@ pub enum Command {
     Scheduler(pending::Pending),
     /// Serve the JSON API and the web dashboard
     Serve(serve::ServeArgs),
+    /// The synthetic web corpus: generate it, serve it over HTTP, or write it as shards
+    Corpus(corpus::CorpusArgs),
 }
 
 impl Command {
@@ -63,6 +66,7 @@ impl Command {
             Command::Schedule(_) => pending::not_built("schedule", 7),
             Command::Scheduler(_) => pending::not_built("scheduler", 7),
             Command::Serve(args) => args.run(ctx).await,
+            Command::Corpus(args) => args.run().await,
         }
     }
 }

@@ -1,0 +1,160 @@
+//! `albef corpus generate|serve|shards`: the synthetic web corpus (coloured shapes whose
+//! captions say what is drawn) for tests, benchmarks and the demo. The work is in
+//! `albef_train::synth`.
+use crate::output::{Format, Table};
+use albef_train::synth::{self, GenerateOptions, Split};
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CorpusArgs {
+    #[command(subcommand)]
+    command: CorpusCommand,
+}
+
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Write pictures, pairs.tsv (ground truth) and the URL lists urls.tsv and heldout.tsv
+    Generate(GenerateArgs),
+    /// Serve a generated corpus over HTTP (rewrites its URL lists with the bound address)
+    Serve(ServeArgs),
+    /// Write a generated corpus straight to Parquet shards in the dataset format, without ingest
+    Shards(ShardsArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Folder to write the corpus into (created if missing)
+    #[arg(long)]
+    out: PathBuf,
+    /// Distinct pictures, held-out ones included
+    #[arg(long)]
+    n: usize,
+    /// Seed: the same seed gives byte-identical corpora
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction of training rows whose captions are swapped among themselves (noise)
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+    /// Extra training rows, as a fraction of the training pictures, that repeat a picture
+    /// (alternately byte-identical and resized/re-encoded), with a reworded caption
+    #[arg(long, default_value_t = 0.0)]
+    dup_frac: f64,
+    /// Side of the square pictures in pixels
+    #[arg(long, default_value_t = 160)]
+    image_size: usize,
+    /// Pictures kept apart for evaluation [default: min(1000, n/5)]
+    #[arg(long)]
+    heldout: Option<usize>,
+    /// URL prefix written into urls.tsv and heldout.tsv (`corpus serve` rewrites it)
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    base_url: String,
+    /// Threads drawing and encoding pictures
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Output format of the summary
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A folder made by `albef corpus generate`
+    dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Heldout,
+}
+
+#[derive(Args)]
+struct ShardsArgs {
+    /// A folder made by `albef corpus generate`
+    dir: PathBuf,
+    /// Folder to write {shard}.parquet and {shard}.stats.json into
+    #[arg(long)]
+    out: PathBuf,
+    /// Which rows to write
+    #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+    split: SplitArg,
+    /// Rows per shard
+    #[arg(long, default_value_t = 1000)]
+    rows_per_shard: usize,
+}
+
+impl CorpusArgs {
+    pub async fn run(self) -> Result<()> {
+        match self.command {
+            CorpusCommand::Generate(a) => generate(a).await,
+            CorpusCommand::Serve(a) => serve(a).await,
+            CorpusCommand::Shards(a) => shards(a).await,
+        }
+    }
+}
+
+async fn generate(a: GenerateArgs) -> Result<()> {
+    let opts = GenerateOptions {
+        n: a.n,
+        seed: a.seed,
+        noise: a.noise,
+        dup_frac: a.dup_frac,
+        image_size: a.image_size,
+        heldout: a.heldout.unwrap_or((a.n / 5).min(1000)),
+        base_url: a.base_url,
+        threads: a.threads,
+    };
+    let out = a.out;
+    let summary = tokio::task::spawn_blocking(move || synth::generate(&out, &opts))
+        .await
+        .context("the generator thread panicked")??;
+    let mut table = Table::new(["field", "value"]);
+    let value = serde_json::to_value(&summary)?;
+    if let Some(fields) = value.as_object() {
+        for (k, v) in fields {
+            table.push(vec![json!(k), v.clone()]);
+        }
+    }
+    match a.format {
+        Format::Json => crate::output::print_json(&value),
+        other => table.print(other),
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let server = synth::serve(&a.dir, a.addr).await?;
+    println!("{}", server.base_url());
+    eprintln!(
+        "serving {} on {}; URL lists: {} and {}; Ctrl-C stops",
+        a.dir.display(),
+        server.base_url(),
+        a.dir.join(synth::generate::TRAIN_URLS).display(),
+        a.dir.join(synth::generate::HELDOUT_URLS).display(),
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    server.shutdown().await
+}
+
+async fn shards(a: ShardsArgs) -> Result<()> {
+    let split = match a.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Heldout => Split::Heldout,
+    };
+    let (dir, out) = (a.dir, a.out.clone());
+    let rows = tokio::task::spawn_blocking(move || {
+        synth::corpus_to_shards(&dir, split, &out, a.rows_per_shard)
+    })
+    .await
+    .context("the shard writer thread panicked")??;
+    println!("{rows} rows written to {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Training data: the `success` rows of a dataset version's Parquet shards, turned into
+//! augmented, normalised, tokenised batches by worker threads, deterministically for a seed and
+//! split by rank. `shards` reads, `augment` and `tokenize` transform one sample's picture and
+//! caption, `loader` orders, batches and prefetches.
+pub mod augment;
+pub mod caption;
+pub mod loader;
+pub mod rng;
+pub mod shards;
+pub mod tokenize;
+
+pub use loader::{Batch, Epoch, Item, Loader, LoaderConfig, Mode};
+pub use shards::{DatasetIndex, Sample};

@@ -1,0 +1,242 @@
+//! What a synthetic picture shows and how it is said: one or two coloured shapes in named places
+//! on a plain background, drawn from small vocabularies (8 colours, 4 shapes, 2 sizes, 9 places or
+//! 4 relations, 3 backgrounds) so that every caption is fully determined by the picture and a
+//! model has to bind colour, shape, size and place to retrieve the right one.
+
+/// Object colours. None is a background colour, so every object stays visible.
+pub const COLOURS: [(&str, [u8; 3]); 8] = [
+    ("red", [215, 35, 35]),
+    ("orange", [245, 140, 20]),
+    ("yellow", [240, 215, 40]),
+    ("green", [40, 165, 60]),
+    ("blue", [40, 80, 215]),
+    ("purple", [135, 50, 175]),
+    ("pink", [245, 135, 190]),
+    ("brown", [115, 70, 35]),
+];
+
+/// Background colours.
+pub const BACKGROUNDS: [(&str, [u8; 3]); 3] = [
+    ("white", [238, 238, 238]),
+    ("gray", [150, 150, 150]),
+    ("black", [22, 22, 22]),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Circle,
+    Square,
+    Triangle,
+    Cross,
+}
+
+pub const SHAPES: [Shape; 4] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Cross];
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Circle => "circle",
+            Shape::Square => "square",
+            Shape::Triangle => "triangle",
+            Shape::Cross => "cross",
+        }
+    }
+}
+
+/// Places of a lone object: a 3x3 grid, named as people would say it.
+pub const PLACES: [&str; 9] = [
+    "in the top left corner",
+    "at the top",
+    "in the top right corner",
+    "on the left",
+    "in the middle",
+    "on the right",
+    "in the bottom left corner",
+    "at the bottom",
+    "in the bottom right corner",
+];
+
+/// How the first of two objects sits relative to the second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    Above,
+    Below,
+    LeftOf,
+    RightOf,
+}
+
+pub const RELATIONS: [Relation; 4] = [
+    Relation::Above,
+    Relation::Below,
+    Relation::LeftOf,
+    Relation::RightOf,
+];
+
+impl Relation {
+    pub fn words(self) -> &'static str {
+        match self {
+            Relation::Above => "above",
+            Relation::Below => "below",
+            Relation::LeftOf => "to the left of",
+            Relation::RightOf => "to the right of",
+        }
+    }
+}
+
+/// One drawable object: what it is and where, in fractions of the image side.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Object {
+    pub colour: usize,
+    pub shape: Shape,
+    pub large: bool,
+    /// Centre, in [0, 1] of the image width and height.
+    pub cx: f32,
+    pub cy: f32,
+    /// Half the extent, as a fraction of the image side.
+    pub radius: f32,
+    /// Small per-image shifts of the colour, so that no two pictures are pixel-identical.
+    pub tint: [i16; 3],
+}
+
+impl Object {
+    fn phrase(&self) -> String {
+        let size = if self.large { "large" } else { "small" };
+        format!("a {size} {} {}", COLOURS[self.colour].0, self.shape.name())
+    }
+
+    /// Same colour, shape and size: such a pair could not be told apart by its caption.
+    fn same_kind(&self, other: &Object) -> bool {
+        self.colour == other.colour && self.shape == other.shape && self.large == other.large
+    }
+}
+
+/// What the caption says about the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One object at `PLACES[place]`.
+    Alone { place: usize },
+    /// Two objects: the first `relation` the second.
+    Pair { relation: Relation },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scene {
+    pub background: usize,
+    pub background_tint: [i16; 3],
+    pub layout: Layout,
+    pub objects: Vec<Object>,
+}
+
+/// Ways of saying the same scene; duplicates of an image get another one than the original.
+pub const TEMPLATES: usize = 3;
+
+impl Scene {
+    /// A random scene: 30% a lone object, 70% two objects in a relation.
+    pub fn sample(rng: &mut fastrand::Rng) -> Scene {
+        let background = rng.usize(..BACKGROUNDS.len());
+        let background_tint = tint(rng, 10);
+        if rng.f32() < 0.3 {
+            let place = rng.usize(..PLACES.len());
+            let (col, row) = ((place % 3) as f32, (place / 3) as f32);
+            let mut object = sample_object(rng, 0.08, 0.16);
+            object.cx = 0.22 + 0.28 * col + jitter(rng, 0.03);
+            object.cy = 0.22 + 0.28 * row + jitter(rng, 0.03);
+            Scene {
+                background,
+                background_tint,
+                layout: Layout::Alone { place },
+                objects: vec![object],
+            }
+        } else {
+            let relation = RELATIONS[rng.usize(..RELATIONS.len())];
+            let mut a = sample_object(rng, 0.07, 0.14);
+            let mut b = loop {
+                let b = sample_object(rng, 0.07, 0.14);
+                if !b.same_kind(&a) {
+                    break b;
+                }
+            };
+            // The first object on one side of the middle, the second on the other, each
+            // free along the other axis.
+            let (near, far) = (0.27 + jitter(rng, 0.04), 0.73 + jitter(rng, 0.04));
+            let (free_a, free_b) = (0.5 + jitter(rng, 0.22), 0.5 + jitter(rng, 0.22));
+            let ((ax, ay), (bx, by)) = match relation {
+                Relation::Above => ((free_a, near), (free_b, far)),
+                Relation::Below => ((free_a, far), (free_b, near)),
+                Relation::LeftOf => ((near, free_a), (far, free_b)),
+                Relation::RightOf => ((far, free_a), (near, free_b)),
+            };
+            (a.cx, a.cy, b.cx, b.cy) = (ax, ay, bx, by);
+            Scene {
+                background,
+                background_tint,
+                layout: Layout::Pair { relation },
+                objects: vec![a, b],
+            }
+        }
+    }
+
+    /// The caption, in one of `TEMPLATES` phrasings.
+    pub fn caption(&self, template: usize) -> String {
+        let background = BACKGROUNDS[self.background].0;
+        let what = match self.layout {
+            Layout::Alone { place } => format!("{} {}", self.objects[0].phrase(), PLACES[place]),
+            Layout::Pair { relation } => format!(
+                "{} {} {}",
+                self.objects[0].phrase(),
+                relation.words(),
+                self.objects[1].phrase()
+            ),
+        };
+        match template % TEMPLATES {
+            0 => format!("{what} on a {background} background"),
+            1 => format!("a {background} picture with {what}"),
+            _ => format!("{what}, {background} background"),
+        }
+    }
+}
+
+/// An object of random kind at the centre; `small`/`large` are the radii of the two sizes.
+fn sample_object(rng: &mut fastrand::Rng, small: f32, large: f32) -> Object {
+    let is_large = rng.bool();
+    let base = if is_large { large } else { small };
+    Object {
+        colour: rng.usize(..COLOURS.len()),
+        shape: SHAPES[rng.usize(..SHAPES.len())],
+        large: is_large,
+        cx: 0.5,
+        cy: 0.5,
+        radius: base * (1.0 + jitter(rng, 0.12)),
+        tint: tint(rng, 14),
+    }
+}
+
+/// Uniform in [-amount, amount].
+fn jitter(rng: &mut fastrand::Rng, amount: f32) -> f32 {
+    (rng.f32() * 2.0 - 1.0) * amount
+}
+
+fn tint(rng: &mut fastrand::Rng, amount: i16) -> [i16; 3] {
+    [0; 3].map(|_: i16| rng.i16(-amount..=amount))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_name_every_attribute() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let scene = Scene::sample(&mut rng);
+            let caption = scene.caption(0);
+            for o in &scene.objects {
+                assert!(caption.contains(COLOURS[o.colour].0), "{caption}");
+                assert!(caption.contains(o.shape.name()), "{caption}");
+                assert!(o.cx > 0.0 && o.cx < 1.0 && o.cy > 0.0 && o.cy < 1.0);
+            }
+            assert!(caption.contains(BACKGROUNDS[scene.background].0));
+            assert_ne!(scene.caption(0), scene.caption(1));
+        }
+    }
+}
