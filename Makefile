@@ -23,13 +23,20 @@ TORCH_DEP := .venv/.ready
 endif
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 
-.PHONY: build demo test fmt lint setup sysdeps postgres clean
+.PHONY: build demo test fmt lint setup sysdeps test-sysdeps install-missing postgres clean
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
+# The dashboard tests drive headless Chromium.
 BUILD_PKGS := cmake nasm
+TEST_PKGS := chromium chromedriver
 sysdeps:
-	@missing=""; for p in $(BUILD_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@$(MAKE) -s install-missing CMDS="$(BUILD_PKGS)"
+test-sysdeps:
+	@$(MAKE) -s install-missing CMDS="$(TEST_PKGS)"
+# Installs the Debian package of each command in CMDS that is not on PATH (chromedriver comes in chromium-driver).
+install-missing:
+	@missing=""; for p in $(CMDS); do command -v $$p >/dev/null || missing="$$missing $${p/chromedriver/chromium-driver}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -67,7 +74,7 @@ postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "postgres did not start"; exit 1
 
-test: setup postgres
+test: setup test-sysdeps postgres
 	cargo build --release --bin albef
 	cargo test --release --workspace
 
