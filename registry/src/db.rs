@@ -157,16 +157,30 @@ impl Db {
 /// The migrations of each dialect, embedded at build time: (version, description, SQL). Keep in
 /// step with the files under `migrations/` (a test checks it). Embedded with `include_str!`
 /// rather than `sqlx::migrate!` so that the crate does not build sqlx's proc-macro stack.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../../migrations/postgres/0001_registry.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../../migrations/sqlite/0001_registry.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../../migrations/postgres/0001_registry.sql"),
+    ),
+    (
+        2,
+        "scheduler",
+        include_str!("../../migrations/postgres/0002_scheduler.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../../migrations/sqlite/0001_registry.sql"),
+    ),
+    (
+        2,
+        "scheduler",
+        include_str!("../../migrations/sqlite/0002_scheduler.sql"),
+    ),
+];
 
 fn migrator(dialect: Dialect) -> Migrator {
     let list = match dialect {

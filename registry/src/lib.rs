@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 mod checkpoints;
+pub mod cron;
+mod dataset_lock;
 mod datasets;
 mod db;
 pub mod filter;
@@ -23,10 +25,12 @@ mod leases;
 mod metrics;
 mod promotion;
 mod runs;
+pub mod scheduler;
 mod search;
 pub mod views;
 
 pub use checkpoints::Checkpoint;
+pub use dataset_lock::{process_owner, DatasetLock, DATASET_LOCK_SCOPE};
 pub use datasets::{DatasetVersion, NewDatasetVersion, NewShard, Shard};
 pub use metrics::{MetricWriter, MetricWriterOptions};
 pub use promotion::{Gate, PromotionEvent, PromotionRequest};
