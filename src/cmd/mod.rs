@@ -1,5 +1,6 @@
 //! The subcommands. One file per area; each parses its own arguments and calls a stage crate.
 mod corpus;
+mod model;
 mod pending;
 mod serve;
 
@@ -33,7 +34,7 @@ pub enum Command {
     /// Download, validate, resize and dedupe image-text pairs into a dataset version
     Ingest(pending::Pending),
     /// The ALBEF model: compute losses on given weights, benchmark a training step
-    Model(pending::Pending),
+    Model(model::ModelArgs),
     /// Pretrain ALBEF on a dataset version
     Train(pending::Pending),
     /// Zero-shot retrieval evaluation of a checkpoint
@@ -58,7 +59,7 @@ impl Command {
             Command::Runs(_) => pending::not_built("runs", 2),
             Command::Ckpt(_) => pending::not_built("ckpt", 2),
             Command::Ingest(_) => pending::not_built("ingest", 3),
-            Command::Model(_) => pending::not_built("model", 4),
+            Command::Model(args) => args.run(),
             Command::Train(_) => pending::not_built("train", 5),
             Command::Eval(_) => pending::not_built("eval", 5),
             Command::Filter(_) => pending::not_built("filter", 6),

@@ -107,15 +107,33 @@ pub fn random_batch(config: &Config, batch_size: i64, device: Device) -> Batch {
     }
 }
 
+/// What `bench` measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub median_step_ms: f64,
+    pub steps: usize,
+    pub batch_size: i64,
+    pub threads: i32,
+    pub step_ms: Vec<f64>,
+}
+
 /// Times `steps` training steps (forward with dropout, backward, AdamW with the recipe's
-/// weight-decay groups) after `warmup` untimed ones; returns the per-step milliseconds.
-pub fn bench_steps(
+/// weight-decay groups) after `warmup` untimed ones, with `threads` intra-op threads (0:
+/// libtorch's default).
+pub fn bench(
     config: &Config,
     device: Device,
     batch_size: i64,
     warmup: usize,
     steps: usize,
-) -> Result<Vec<f64>> {
+    threads: i32,
+) -> Result<BenchReport> {
+    if steps == 0 {
+        bail!("bench needs at least one timed step");
+    }
+    if threads > 0 {
+        tch::set_num_threads(threads);
+    }
     let (vs, model) = build(config, device, config.train.seed as i64, None)?;
     let t = &config.train;
     let mut opt = nn::AdamW {
@@ -141,7 +159,13 @@ pub fn bench_steps(
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok(times)
+    Ok(BenchReport {
+        median_step_ms: median(&times),
+        steps,
+        batch_size,
+        threads: tch::get_num_threads(),
+        step_ms: times,
+    })
 }
 
 /// The median of a non-empty list.

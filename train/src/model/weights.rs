@@ -3,6 +3,7 @@
 //! missing and unexpected keys and shape mismatches; and pretrained initialisation from a
 //! Hugging Face BERT (`text_encoder.bert`) and a timm/DeiT ViT (`visual_encoder`, with the
 //! position embedding interpolated), as model_pretrain.py L38-51 does.
+#[cfg(doc)]
 use super::albef::Albef;
 use super::vit::interpolate_pos_embed;
 use anyhow::{bail, Context, Result};
@@ -137,9 +138,10 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<LoadReport> {
 
 /// Initialises `text_encoder.bert` (and the MLM head, when the file has one) from a Hugging
 /// Face BERT checkpoint: keys with or without the `bert.` prefix, old `gamma`/`beta` names
-/// accepted; then the momentum copies are made equal to the student. Cross-attention weights
-/// are new, so they are reported missing; the pooler and NSP head are reported unexpected.
-pub fn init_text_from_hf_bert(model: &Albef, vs: &nn::VarStore, path: &Path) -> Result<LoadReport> {
+/// accepted. Cross-attention weights are new, so they are reported missing; the pooler and NSP
+/// head are reported unexpected. Call [`Albef::copy_params`] afterwards, as the official code
+/// loads the same weights into the momentum copy.
+pub fn init_text_from_hf_bert(vs: &nn::VarStore, path: &Path) -> Result<LoadReport> {
     let file = read(path)?;
     let rename = |k: &str| {
         let k = k
@@ -156,15 +158,14 @@ pub fn init_text_from_hf_bert(model: &Albef, vs: &nn::VarStore, path: &Path) -> 
     };
     let mut report = copy_into(vs, file, rename, "text_encoder.");
     report.source = path.display().to_string();
-    model.copy_params();
     Ok(report)
 }
 
 /// Initialises `visual_encoder` from a timm/DeiT ViT checkpoint (`cls_token`, `pos_embed`,
 /// `patch_embed.*`, `blocks.*`, `norm.*`; the classifier head and DeiT's distillation token
-/// are reported unexpected), resizing the position embedding to the configured grid; then the
-/// momentum copies are made equal to the student.
-pub fn init_vision_from_timm(model: &Albef, vs: &nn::VarStore, path: &Path) -> Result<LoadReport> {
+/// are reported unexpected), resizing the position embedding to the configured grid. Call
+/// [`Albef::copy_params`] afterwards.
+pub fn init_vision_from_timm(vs: &nn::VarStore, path: &Path) -> Result<LoadReport> {
     let file = read(path)?;
     let rename = |k: &str| {
         let known = ["cls_token", "pos_embed", "patch_embed.", "blocks.", "norm."];
@@ -175,7 +176,6 @@ pub fn init_vision_from_timm(model: &Albef, vs: &nn::VarStore, path: &Path) -> R
     };
     let mut report = copy_into(vs, file, rename, "visual_encoder.");
     report.source = path.display().to_string();
-    model.copy_params();
     Ok(report)
 }
 
