@@ -3,6 +3,7 @@ mod corpus;
 mod model;
 mod pending;
 mod serve;
+mod train;
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -36,9 +37,9 @@ pub enum Command {
     /// The ALBEF model: compute losses on given weights, benchmark a training step
     Model(model::ModelArgs),
     /// Pretrain ALBEF on a dataset version
-    Train(pending::Pending),
+    Train(train::TrainArgs),
     /// Zero-shot retrieval evaluation of a checkpoint
-    Eval(pending::Pending),
+    Eval(train::EvalArgs),
     /// Score captions with the momentum model and make a filtered dataset version
     Filter(pending::Pending),
     /// Run the whole pipeline from one config
@@ -60,8 +61,8 @@ impl Command {
             Command::Ckpt(_) => pending::not_built("ckpt", 2),
             Command::Ingest(_) => pending::not_built("ingest", 3),
             Command::Model(args) => args.run(),
-            Command::Train(_) => pending::not_built("train", 5),
-            Command::Eval(_) => pending::not_built("eval", 5),
+            Command::Train(args) => args.run(ctx).await,
+            Command::Eval(args) => args.run(ctx).await,
             Command::Filter(_) => pending::not_built("filter", 6),
             Command::Pipeline(_) => pending::not_built("pipeline", 7),
             Command::Schedule(_) => pending::not_built("schedule", 7),

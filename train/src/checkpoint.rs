@@ -50,6 +50,8 @@ pub struct TrainerState {
     pub steps_per_epoch: i64,
     /// Micro-batches per optimiser step (gradient accumulation).
     pub accumulate: i64,
+    /// The global gradient-norm clip, if any.
+    pub clip_grad: Option<f64>,
     /// The seed; libtorch's generator is re-seeded from (seed, step, micro-batch) before every
     /// forward, so these and the data position are the whole random state.
     pub seed: u64,
@@ -121,7 +123,6 @@ pub fn save(
 pub struct Loaded {
     pub dir: PathBuf,
     pub state: TrainerState,
-    optimizer: BTreeMap<String, tch::Tensor>,
 }
 
 impl Loaded {
@@ -168,19 +169,19 @@ impl Loaded {
                 manifest.step
             );
         }
-        let optimizer = weights::read(&dir.join(OPTIMIZER_FILE))?;
-        Ok(Self {
-            dir,
-            state,
-            optimizer,
-        })
+        Ok(Self { dir, state })
+    }
+
+    /// The model file (official layout).
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
     }
 
     /// Loads the model weights (all keys required) and the optimiser state.
     pub fn restore(self, vs: &nn::VarStore, optimizer: &mut AdamW) -> Result<TrainerState> {
-        load_model(vs, &self.dir.join(MODEL_FILE))?;
+        load_model(vs, &self.model_path())?;
         optimizer
-            .load_state(self.optimizer)
+            .load_state(weights::read(&self.dir.join(OPTIMIZER_FILE))?)
             .with_context(|| format!("restoring the optimizer from {}", self.dir.display()))?;
         Ok(self.state)
     }
@@ -299,6 +300,7 @@ mod tests {
             total_steps: 100,
             steps_per_epoch: 10,
             accumulate: 1,
+            clip_grad: Some(1.0),
             seed: 42,
             data: DataPosition { epoch: 1, batch: 5 },
             lr: LrSchedule::new(&config.train, 100),

@@ -4,9 +4,167 @@
 //! Reference: salesforce/ALBEF Retrieval.py `evaluation` (score = ITM logit of "match" plus the
 //! ITC similarity on the top k, -100 elsewhere) and `itm_eval` (an image counts as found when
 //! its best-ranked ground-truth caption is within k).
-use anyhow::{bail, Result};
+//!
+//! [`evaluate`] runs a model over a held-out dataset (the loader's eval mode: file order, no
+//! augmentation); [`retrieval`] is the ranking itself, on given features.
+use crate::config::Config;
+use crate::data::{Loader, Mode};
+use crate::model::albef::normalize;
+use crate::model::bert;
+use crate::model::{probe, Albef};
+use crate::trainer::fit::loader_config;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Pairs scored by ITM per fusion pass.
+const ITM_CHUNK: usize = 256;
+
+/// What the model computes once per held-out image and caption.
+struct Features {
+    /// [N, tokens, W] image token states, one row per distinct picture.
+    image_embeds: Tensor,
+    /// [N, E] normalised image features.
+    image_feat: Tensor,
+    /// [M, L, H] text states of the text encoder, padded to the longest caption.
+    text_embeds: Tensor,
+    /// [M, L] attention mask of the captions.
+    text_mask: Tensor,
+    /// [M, E] normalised text features.
+    text_feat: Tensor,
+    /// The picture of each caption.
+    text_to_image: Vec<i64>,
+}
+
+/// Zero-shot retrieval of the model file `weights` (official layout, every key required) of
+/// shape `config` on the dataset folder `data_dir`.
+pub fn evaluate_checkpoint(
+    config: &Config,
+    weights: &Path,
+    data_dir: &Path,
+    tokenizer: &Path,
+    device: Device,
+    k_test: i64,
+) -> Result<Recall> {
+    let (_vs, model) = probe::build(config, device, config.train.seed as i64, Some(weights))?;
+    let loader = Loader::open(data_dir, loader_config(config, tokenizer, 2, Mode::Eval))
+        .with_context(|| format!("opening the evaluation data {}", data_dir.display()))?;
+    evaluate(&model, &loader, device, k_test)
+}
+
+/// Zero-shot retrieval of `model` on every row of `loader` (which must be in eval mode): rows
+/// that show the same picture (the loader's `idx`) count as several captions of one image.
+pub fn evaluate(model: &Albef, loader: &Loader, device: Device, k_test: i64) -> Result<Recall> {
+    tch::no_grad(|| {
+        let f = features(model, loader, device)?;
+        let mut itm = |images: &[i64], texts: &[i64]| -> Result<Vec<f64>> {
+            let mut scores = Vec::with_capacity(images.len());
+            for (imgs, txts) in images.chunks(ITM_CHUNK).zip(texts.chunks(ITM_CHUNK)) {
+                let imgs = Tensor::from_slice(imgs).to_device(device);
+                let txts = Tensor::from_slice(txts).to_device(device);
+                let fused = model.text_encoder.bert.forward(
+                    &f.text_embeds.index_select(0, &txts),
+                    &f.text_mask.index_select(0, &txts),
+                    Some(&f.image_embeds.index_select(0, &imgs)),
+                    bert::Mode::Fusion,
+                    false,
+                );
+                let logits = model.itm_head.forward(&fused.select(1, 0)).select(1, 1);
+                scores.extend(Vec::<f64>::try_from(
+                    logits.to_kind(Kind::Double).to_device(Device::Cpu),
+                )?);
+            }
+            Ok(scores)
+        };
+        retrieval(
+            &f.image_feat,
+            &f.text_feat,
+            &f.text_to_image,
+            k_test,
+            Some(&mut itm),
+        )
+    })
+}
+
+/// Runs the student encoders over every batch; a picture seen again (same `idx`) is encoded
+/// once.
+fn features(model: &Albef, loader: &Loader, device: Device) -> Result<Features> {
+    let mut image_of: HashMap<i64, i64> = HashMap::new();
+    let (mut image_embeds, mut image_feat) = (Vec::new(), Vec::new());
+    let (mut text_embeds, mut text_masks, mut text_feat) = (Vec::new(), Vec::new(), Vec::new());
+    let mut text_to_image = Vec::new();
+    for batch in loader.epoch(0, 0) {
+        let batch = batch?;
+        let ids = Vec::<i64>::try_from(&batch.idx)?;
+        let mut new_rows = Vec::new();
+        for (row, id) in ids.iter().enumerate() {
+            let next = image_of.len() as i64;
+            let image = *image_of.entry(*id).or_insert_with(|| {
+                new_rows.push(row as i64);
+                next
+            });
+            text_to_image.push(image);
+        }
+        if !new_rows.is_empty() {
+            let rows = Tensor::from_slice(&new_rows);
+            let embeds = model
+                .visual_encoder
+                .forward(&batch.image.index_select(0, &rows).to_device(device));
+            image_feat.push(normalize(
+                &model.vision_proj.forward(&embeds.select(1, 0)),
+                -1,
+            ));
+            image_embeds.push(embeds);
+        }
+        let mask = batch.attention_mask.to_device(device);
+        let embeds = model.text_encoder.bert.forward(
+            &batch.input_ids.to_device(device),
+            &mask,
+            None,
+            bert::Mode::Text,
+            false,
+        );
+        text_feat.push(normalize(
+            &model.text_proj.forward(&embeds.select(1, 0)),
+            -1,
+        ));
+        text_embeds.push(embeds);
+        text_masks.push(mask);
+    }
+    if text_to_image.is_empty() {
+        bail!(
+            "the evaluation dataset {} has no rows",
+            loader.index().dir.display()
+        );
+    }
+    // Captions are padded per batch: pad every batch to the longest before stacking.
+    let longest = text_masks.iter().map(|m| m.size()[1]).max().unwrap_or(1);
+    let pad = |t: &Tensor| {
+        let len = t.size()[1];
+        if len == longest {
+            return t.shallow_clone();
+        }
+        let mut shape = t.size();
+        shape[1] = longest - len;
+        Tensor::cat(
+            &[
+                t.shallow_clone(),
+                Tensor::zeros(shape.as_slice(), (t.kind(), t.device())),
+            ],
+            1,
+        )
+    };
+    Ok(Features {
+        image_embeds: Tensor::cat(&image_embeds, 0),
+        image_feat: Tensor::cat(&image_feat, 0),
+        text_embeds: Tensor::cat(&text_embeds.iter().map(pad).collect::<Vec<_>>(), 0),
+        text_mask: Tensor::cat(&text_masks.iter().map(pad).collect::<Vec<_>>(), 0),
+        text_feat: Tensor::cat(&text_feat, 0),
+        text_to_image,
+    })
+}
 
 /// Recall at 1, 5 and 10 in percent, image->text and text->image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,324 @@
+//! `albef train` and `albef eval`: pretraining on a registered dataset version, resuming a run,
+//! and zero-shot retrieval of a checkpoint. Parses the flags, opens the run in the registry,
+//! handles Ctrl-C and prints the result; the loop and the evaluation are in `albef_train`.
+use crate::cmd::Context;
+use crate::output::{print_json, Format, Table};
+use albef_registry::{Registry, RunStatus};
+use albef_train::checkpoint::Loaded;
+use albef_train::config::{parse_device, Config};
+use albef_train::eval::evaluate_checkpoint;
+use albef_train::trainer::tracking::{flatten_params, latest_checkpoint};
+use albef_train::trainer::{self, Ending, Tracking, TrainJob};
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model and recipe config (TOML), e.g. configs/albef-tiny.toml; required unless --resume
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Dataset version to train on: NAME (latest finished) or NAME@VERSION; required unless --resume
+    #[arg(long, required_unless_present = "resume")]
+    dataset: Option<String>,
+    /// Held-out dataset version for retrieval evaluation during and at the end of training
+    #[arg(long)]
+    eval_dataset: Option<String>,
+    /// Continue run RUN from its newest checkpoint (a new run records the continuation)
+    #[arg(long, conflicts_with_all = ["config", "dataset"])]
+    resume: Option<i64>,
+    /// Experiment of the run [default: the config file's name, or the resumed run's]
+    #[arg(long)]
+    experiment: Option<String>,
+    /// Run name, unique in its experiment [default: NAME-TIME]
+    #[arg(long)]
+    name: Option<String>,
+    /// Total optimiser steps [default: train.max_steps, else train.epochs passes]
+    #[arg(long)]
+    steps: Option<i64>,
+    /// Evaluate on --eval-dataset every N steps (0: only at the end)
+    #[arg(long, default_value_t = 0)]
+    eval_every: i64,
+    /// Write and register a checkpoint every N steps (0: only at the end) [default: train.checkpoint_every]
+    #[arg(long)]
+    checkpoint_every: Option<i64>,
+    /// Device: cpu, cuda or cuda:N [default: the config's train.device]
+    #[arg(long)]
+    device: Option<String>,
+    /// Micro-batches per optimiser step (gradient accumulation)
+    #[arg(long, default_value_t = 1)]
+    accumulate: i64,
+    /// Clip the global gradient norm to this value
+    #[arg(long)]
+    clip_grad: Option<f64>,
+    /// Candidates per query re-ranked by ITM in evaluation
+    #[arg(long, default_value_t = 16)]
+    k_test: i64,
+    /// Data loader worker threads
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Intra-op CPU threads of libtorch [default: train.threads, 0 = libtorch's choice]
+    #[arg(long)]
+    threads: Option<i32>,
+    /// The BERT tokenizer.json
+    #[arg(long, env = "ALBEF_TOKENIZER", default_value = "assets/tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Output format of the result
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint: a registry id or MODEL@ALIAS
+    #[arg(long)]
+    checkpoint: String,
+    /// Dataset version to evaluate on: NAME or NAME@VERSION
+    #[arg(long)]
+    dataset: String,
+    /// Model config (TOML) [default: the one saved beside the checkpoint]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Candidates per query re-ranked by ITM
+    #[arg(long, default_value_t = 16)]
+    k_test: i64,
+    /// Device: cpu, cuda or cuda:N [default: the config's train.device]
+    #[arg(long)]
+    device: Option<String>,
+    /// The BERT tokenizer.json
+    #[arg(long, env = "ALBEF_TOKENIZER", default_value = "assets/tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// The run a `train` invocation opens: its config, data and names.
+struct Plan {
+    config: Config,
+    dataset_version: i64,
+    data_dir: PathBuf,
+    experiment: String,
+    name: String,
+    resume: Option<Loaded>,
+    tags: Vec<(String, String)>,
+}
+
+impl TrainArgs {
+    pub async fn run(self, ctx: Context) -> Result<()> {
+        let registry = Registry::connect(&ctx.registry_url).await?;
+        let mut plan = self.plan(&registry).await?;
+        if let Some(device) = &self.device {
+            plan.config.train.device = device.clone();
+        }
+        if let Some(threads) = self.threads {
+            plan.config.train.threads = threads;
+        }
+        let device = parse_device(&plan.config.train.device)?;
+        let eval_dir = match &self.eval_dataset {
+            Some(spec) => Some(PathBuf::from(registry.dataset_version(spec).await?.uri)),
+            None => None,
+        };
+        let config_json = serde_json::to_value(&plan.config)?;
+        let run = registry
+            .create_run(&plan.experiment, &plan.name, &config_json)
+            .await?;
+        let mut params = Vec::new();
+        flatten_params("", &config_json, &mut params);
+        params.push(("loop.accumulate".into(), self.accumulate.to_string()));
+        params.push((
+            "loop.clip_grad".into(),
+            self.clip_grad.map_or("none".into(), |c| c.to_string()),
+        ));
+        if let Some(spec) = &self.dataset {
+            params.push(("dataset".into(), spec.clone()));
+        }
+        registry.log_params(run, &params).await?;
+        registry.set_run_dataset(run, plan.dataset_version).await?;
+        plan.tags
+            .push(("device".into(), plan.config.train.device.clone()));
+        registry.set_tags(run, &plan.tags).await?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::warn!("Ctrl-C: writing a checkpoint and stopping");
+                    stop.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+        let job = TrainJob {
+            checkpoint_every: self
+                .checkpoint_every
+                .unwrap_or(plan.config.train.checkpoint_every),
+            config: plan.config,
+            device,
+            dataset_version: plan.dataset_version,
+            data_dir: plan.data_dir,
+            eval_dir,
+            steps: self.steps,
+            accumulate: self.accumulate,
+            clip_grad: self.clip_grad,
+            eval_every: self.eval_every,
+            k_test: self.k_test,
+            workers: self.workers,
+            tokenizer: self.tokenizer.clone(),
+            checkpoint_dir: ctx.home.join("checkpoints").join(format!("run-{run}")),
+            resume: plan.resume,
+            progress: std::io::stderr().is_terminal(),
+        };
+        let tracking = Tracking {
+            registry: registry.clone(),
+            handle: tokio::runtime::Handle::current(),
+            run,
+            writer: registry.metric_writer(run),
+        };
+        let (result, flushed) = tokio::task::spawn_blocking(move || {
+            let result = trainer::train(job, &tracking, &stop);
+            (result, tracking.finish())
+        })
+        .await
+        .context("the training thread panicked")?;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                registry.finish_run(run, RunStatus::Failed).await?;
+                return Err(e.context(format!("run {run} FAILED")));
+            }
+        };
+        flushed.with_context(|| format!("writing the metrics of run {run}"))?;
+        let status = match outcome.ending {
+            Ending::Finished => RunStatus::Finished,
+            Ending::Stopped => RunStatus::Killed,
+        };
+        registry.finish_run(run, status).await?;
+        let (checkpoint, path) = &outcome.checkpoint;
+        match self.format {
+            Format::Json => {
+                print_json(
+                    &json!({"run": run, "checkpoint": checkpoint, "checkpoint_path": path, "status": status, "step": outcome.step}),
+                )?;
+            }
+            format => {
+                let mut table =
+                    Table::new(["run", "status", "step", "checkpoint", "checkpoint_path"]);
+                table.push(vec![
+                    json!(run),
+                    json!(status),
+                    json!(outcome.step),
+                    json!(checkpoint),
+                    json!(path),
+                ]);
+                table.print(format)?;
+                let mut metrics = Table::new(["metric", "value"]);
+                for (k, v) in &outcome.metrics {
+                    metrics.push(vec![json!(k), json!(v)]);
+                }
+                metrics.print(format)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh run from --config and --dataset, or the continuation of --resume RUN.
+    async fn plan(&self, registry: &Registry) -> Result<Plan> {
+        // Milliseconds since the epoch keep default names unique.
+        let stamp = albef_registry::now_ms();
+        if let Some(resumed) = self.resume {
+            let ckpt = latest_checkpoint(registry, resumed).await?;
+            let loaded = Loaded::open(Path::new(&ckpt.uri))
+                .with_context(|| format!("opening checkpoint {} of run {resumed}", ckpt.id))?;
+            let old = registry.run(resumed).await?;
+            let version = registry
+                .dataset_version_by_id(loaded.state.dataset_version)
+                .await?;
+            return Ok(Plan {
+                config: loaded.state.config.clone(),
+                dataset_version: version.id,
+                data_dir: PathBuf::from(version.uri),
+                experiment: self.experiment.clone().unwrap_or(old.experiment),
+                name: self
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-from-{}-{stamp}", old.name, ckpt.step)),
+                resume: Some(loaded),
+                tags: vec![
+                    ("resumed_from_run".into(), resumed.to_string()),
+                    ("resumed_from_checkpoint".into(), ckpt.id.to_string()),
+                ],
+            });
+        }
+        let (Some(path), Some(spec)) = (&self.config, &self.dataset) else {
+            bail!("--config and --dataset are required unless --resume is given");
+        };
+        let config = Config::load(path)?;
+        let version = registry.dataset_version(spec).await?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("albef")
+            .to_string();
+        Ok(Plan {
+            config,
+            dataset_version: version.id,
+            data_dir: PathBuf::from(version.uri),
+            experiment: self.experiment.clone().unwrap_or_else(|| stem.clone()),
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{stem}-{stamp}")),
+            resume: None,
+            tags: Vec::new(),
+        })
+    }
+}
+
+impl EvalArgs {
+    pub async fn run(self, ctx: Context) -> Result<()> {
+        let registry = Registry::connect(&ctx.registry_url).await?;
+        let ckpt = registry.resolve_checkpoint(&self.checkpoint).await?;
+        let weights = PathBuf::from(&ckpt.uri);
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => {
+                Loaded::open(&weights)
+                    .with_context(|| {
+                        format!(
+                            "checkpoint {} has no trainer state beside it: pass --config",
+                            ckpt.id
+                        )
+                    })?
+                    .state
+                    .config
+            }
+        };
+        if let Some(device) = &self.device {
+            config.train.device = device.clone();
+        }
+        let device = parse_device(&config.train.device)?;
+        let version = registry.dataset_version(&self.dataset).await?;
+        let data_dir = PathBuf::from(&version.uri);
+        let (tokenizer, k_test) = (self.tokenizer.clone(), self.k_test);
+        let recall = tokio::task::spawn_blocking(move || {
+            evaluate_checkpoint(&config, &weights, &data_dir, &tokenizer, device, k_test)
+        })
+        .await
+        .context("the evaluation thread panicked")??;
+        match self.format {
+            Format::Json => print_json(&serde_json::to_value(recall)?),
+            format => {
+                let mut table = Table::new(["metric", "value"]);
+                for (k, v) in recall.entries() {
+                    table.push(vec![Value::from(k), json!(v)]);
+                }
+                table.print(format)
+            }
+        }
+    }
+}
