@@ -80,14 +80,15 @@ pub fn losses_on_batch(model: &Albef, batch_path: &Path, device: Device) -> Resu
 }
 
 /// A random batch of the configured shapes: normal images, captions of random length
-/// ([CLS] words [SEP] [PAD]...) over the whole vocabulary.
+/// ([CLS] words, then [PAD]).
 pub fn random_batch(config: &Config, batch_size: i64, device: Device) -> Batch {
     let m = &config.model;
     let len = config.train.max_tokens;
     let res = m.vision.image_res;
     let image = Tensor::randn([batch_size, 3, res, res], (Kind::Float, device));
+    // Ordinary words: above the special tokens ([PAD], [CLS], [MASK], ...) of the vocabulary.
     let words = Tensor::randint_low(
-        1000,
+        (m.text.vocab_size / 2).min(1000),
         m.text.vocab_size,
         [batch_size, len],
         (Kind::Int64, device),
