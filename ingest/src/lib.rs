@@ -5,12 +5,14 @@
 //! `pipeline` runs them together. `shard` is the dataset format the other stages read.
 pub mod canon;
 pub mod caption;
+pub mod catalog;
 pub mod dedup;
 pub mod fetch;
 pub mod phash;
 pub mod pipeline;
 pub mod resizer;
 pub mod robots;
+pub mod schedule_worker;
 pub mod shard;
 pub mod source;
 pub mod stats;

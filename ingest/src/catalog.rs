@@ -1,0 +1,157 @@
+//! Ties a run to the registry: the dataset version it writes (with its parent, the latest
+//! finished version of the dataset, whose dedupe index it extends), the shards it committed,
+//! and the end of the version. A marker file in the output folder names the version, so a run
+//! that was killed and started again continues the same version instead of making a new one.
+use crate::dedup::INDEX_FILE;
+use crate::pipeline::{self, IngestConfig, Lineage, Summary};
+use crate::shard;
+use crate::stats::ShardStats;
+use albef_registry::{DatasetVersion, NewDatasetVersion, NewShard, Registry};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MARKER_FILE: &str = "version.json";
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    dataset: String,
+    version_id: i64,
+    version: i64,
+}
+
+/// The outcome of `albef ingest`: the version and what this run did.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub dataset: String,
+    pub version: i64,
+    pub version_id: i64,
+    pub uri: String,
+    pub parent_id: Option<i64>,
+    /// Whether every shard of the input is now complete and the version FINISHED.
+    pub finished: bool,
+    pub summary: Summary,
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(p)
+        .with_context(|| format!("cannot create output folder {}", p.display()))?;
+    p.canonicalize()
+        .with_context(|| format!("cannot resolve output folder {}", p.display()))
+}
+
+async fn open_version(
+    reg: &Registry,
+    dataset: &str,
+    cfg: &IngestConfig,
+    uri: &str,
+    params: serde_json::Value,
+) -> Result<DatasetVersion> {
+    let marker_path = cfg.output.join(MARKER_FILE);
+    // Workers other than the first wait for the first to create the version.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while cfg.worker_index > 0 && !marker_path.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if marker_path.exists() {
+        let text = std::fs::read_to_string(&marker_path)
+            .with_context(|| format!("cannot read {}", marker_path.display()))?;
+        let m: Marker = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a version marker", marker_path.display()))?;
+        anyhow::ensure!(
+            m.dataset == dataset,
+            "{} already holds dataset {:?}, not {dataset:?}",
+            cfg.output.display(),
+            m.dataset
+        );
+        return reg
+            .dataset_version_by_id(m.version_id)
+            .await
+            .with_context(|| format!("the version named by {}", marker_path.display()));
+    }
+    // All versions, filtered here: asking for one dataset's versions fails when it is new.
+    let parent = reg
+        .dataset_versions(None)
+        .await?
+        .into_iter()
+        .filter(|v| v.dataset == dataset && v.status == "FINISHED")
+        .max_by_key(|v| v.version);
+    let version = reg
+        .create_dataset_version(NewDatasetVersion {
+            dataset: dataset.to_string(),
+            uri: uri.to_string(),
+            parent: parent.map(|p| p.id),
+            stage: "ingest".into(),
+            params,
+        })
+        .await?;
+    let marker = Marker {
+        dataset: dataset.to_string(),
+        version_id: version.id,
+        version: version.version,
+    };
+    shard::write_atomic(&marker_path, &serde_json::to_vec_pretty(&marker)?)?;
+    Ok(version)
+}
+
+/// Runs the ingest as version N+1 of `dataset` (or continues the version the folder holds),
+/// registers its complete shards and finishes the version once every shard is complete.
+pub async fn ingest(
+    reg: &Registry,
+    dataset: &str,
+    mut cfg: IngestConfig,
+    params: serde_json::Value,
+    stop: Arc<AtomicBool>,
+) -> Result<Outcome> {
+    cfg.output = absolute(&cfg.output)?;
+    let uri = cfg.output.display().to_string();
+    let version = open_version(reg, dataset, &cfg, &uri, params).await?;
+    let parent_index = match version.parent_id {
+        Some(id) => Some(PathBuf::from(reg.dataset_version_by_id(id).await?.uri).join(INDEX_FILE)),
+        None => None,
+    };
+    let lineage = Lineage {
+        parent_index,
+        key_prefix: format!("{dataset}@{}/", version.version),
+    };
+    let summary = pipeline::run(&cfg, &lineage, stop).await?;
+
+    let complete = shard::complete_shards(&cfg.output)?;
+    let mut total = crate::stats::Stats::default();
+    for &s in &complete {
+        let path = shard::stats_path(&cfg.output, s);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let stats: ShardStats = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a shard stats file", path.display()))?;
+        total.add(&stats.stats);
+        reg.register_shard(
+            version.id,
+            NewShard {
+                index: s as i64,
+                uri: shard::parquet_path(&cfg.output, s).display().to_string(),
+                rows: stats.stats.rows as i64,
+                stats: serde_json::to_value(&stats)?,
+            },
+        )
+        .await?;
+    }
+    let expected = summary.input_rows.div_ceil(cfg.shard_size);
+    let finished = complete.len() as u64 == expected && version.status == "BUILDING";
+    if finished {
+        reg.finish_dataset_version(version.id, serde_json::to_value(&total)?)
+            .await?;
+    }
+    Ok(Outcome {
+        dataset: dataset.to_string(),
+        version: version.version,
+        version_id: version.id,
+        uri,
+        parent_id: version.parent_id,
+        finished: finished || version.status == "FINISHED",
+        summary,
+    })
+}
