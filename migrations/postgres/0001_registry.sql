@@ -57,24 +57,28 @@ CREATE INDEX runs_start_time ON runs(start_time);
 
 CREATE TABLE params (
     run_id  BIGINT NOT NULL REFERENCES runs(id),
-    key     TEXT NOT NULL,
-    value   TEXT NOT NULL,
+    key     TEXT COLLATE "C" NOT NULL,
+    value   TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX params_key_value ON params(key, value, run_id);
 
 CREATE TABLE tags (
     run_id  BIGINT NOT NULL REFERENCES runs(id),
-    key     TEXT NOT NULL,
-    value   TEXT NOT NULL,
+    key     TEXT COLLATE "C" NOT NULL,
+    value   TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX tags_key_value ON tags(key, value, run_id);
 
--- The lean key MLflow users asked for (mlflow#12813): one row per (run, key, step).
+-- The lean key MLflow users asked for (mlflow#12813): one row per (run, key, step). Keys use
+-- the "C" collation (byte order: index maintenance is several times cheaper than with the
+-- database's linguistic collation). No foreign key per point (an RI trigger per row costs more
+-- than the insert itself): every flush upserts metric_summaries in the same statement, and its
+-- foreign key refuses the whole batch when the run does not exist.
 CREATE TABLE metrics (
-    run_id     BIGINT NOT NULL REFERENCES runs(id),
-    key        TEXT NOT NULL,
+    run_id     BIGINT NOT NULL,
+    key        TEXT COLLATE "C" NOT NULL,
     step       BIGINT NOT NULL,
     value      DOUBLE PRECISION NOT NULL,
     logged_at  BIGINT NOT NULL,
@@ -84,7 +88,7 @@ CREATE TABLE metrics (
 -- Written in the same statement as the points it summarises.
 CREATE TABLE metric_summaries (
     run_id      BIGINT NOT NULL REFERENCES runs(id),
-    key         TEXT NOT NULL,
+    key         TEXT COLLATE "C" NOT NULL,
     last_value  DOUBLE PRECISION NOT NULL,
     last_step   BIGINT NOT NULL,
     min_value   DOUBLE PRECISION NOT NULL,

@@ -3,7 +3,7 @@
 //! writes a batch every `batch` points or every `interval`, whichever comes first, and at
 //! [`MetricWriter::finish`]. Each batch is one transaction that inserts the points and updates the
 //! per-run summaries (last, min, max, count) together: on Postgres one statement over `UNNEST`
-//! arrays, on SQLite multi-row inserts through cached prepared statements.
+//! arrays, on SQLite multi-row inserts through cached prepared statements under `BEGIN IMMEDIATE`.
 //!
 //! From a synchronous thread (tch training code), keep a `tokio::runtime::Handle` from the
 //! runtime that created the writer, call `log` freely, and end with
@@ -15,7 +15,7 @@ use crate::db::{Db, Dialect};
 use crate::runs::check_key;
 use crate::{is_foreign_key_violation, now_ms, Registry};
 use anyhow::{anyhow, bail, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -182,7 +182,7 @@ WITH ins AS (
     FROM ins GROUP BY key
 )
 INSERT INTO metric_summaries (run_id, key, last_value, last_step, min_value, max_value, count)
-SELECT $1, key, last_value, last_step, mn, mx, n FROM agg
+SELECT $1, key, last_value, last_step, mn, mx, n FROM agg ORDER BY key
 ON CONFLICT (run_id, key) DO UPDATE SET
     last_value = CASE WHEN excluded.last_step >= metric_summaries.last_step
                       THEN excluded.last_value ELSE metric_summaries.last_value END,
@@ -235,17 +235,44 @@ fn sqlite_insert(rows: usize) -> String {
         }
         sql.push_str(&format!("($1,${},${},${},$2)", b, b + 1, b + 2));
     }
-    sql.push_str(" ON CONFLICT (run_id, key, step) DO NOTHING RETURNING key, step, value");
     sql
 }
 
+/// SQLite: the transaction holds the write lock from its start (`BEGIN IMMEDIATE`), so the
+/// steps already stored can be read first and left out; the rest go in as plain multi-row
+/// inserts (no per-row RETURNING), and the summaries are computed from what was inserted.
 async fn write_sqlite(db: &Db, run: i64, points: &[Point]) -> Result<()> {
     debug_assert_eq!(db.dialect(), Dialect::Sqlite);
-    let full = sqlite_insert(SQLITE_ROWS_PER_INSERT);
-    let mut deltas: HashMap<String, Delta> = HashMap::new();
-    let now = now_ms();
     let mut tx = db.begin().await?;
-    for chunk in points.chunks(SQLITE_ROWS_PER_INSERT) {
+    let mut ranges: HashMap<&str, (i64, i64)> = HashMap::new();
+    for p in points {
+        let r = ranges.entry(&p.key).or_insert((p.step, p.step));
+        r.0 = r.0.min(p.step);
+        r.1 = r.1.max(p.step);
+    }
+    let mut seen: HashSet<(&str, i64)> = HashSet::new();
+    for (key, (lo, hi)) in &ranges {
+        let rows = tx
+            .q("SELECT step FROM metrics WHERE run_id = $1 AND key = $2 AND step BETWEEN $3 AND $4")
+            .bind(run)
+            .bind(key.to_string())
+            .bind(*lo)
+            .bind(*hi)
+            .fetch_all(&mut tx)
+            .await?;
+        for row in rows {
+            seen.insert((key, row.get("step")?));
+        }
+    }
+    // The first value of each (key, step) wins, as on Postgres.
+    let fresh: Vec<&Point> = points
+        .iter()
+        .filter(|p| seen.insert((&p.key, p.step)))
+        .collect();
+    let full = sqlite_insert(SQLITE_ROWS_PER_INSERT);
+    let now = now_ms();
+    let mut deltas: HashMap<&str, Delta> = HashMap::new();
+    for chunk in fresh.chunks(SQLITE_ROWS_PER_INSERT) {
         let partial;
         let sql = if chunk.len() == SQLITE_ROWS_PER_INSERT {
             &full
@@ -256,31 +283,27 @@ async fn write_sqlite(db: &Db, run: i64, points: &[Point]) -> Result<()> {
         let mut q = db.q_str(sql).bind(run).bind(now);
         for p in chunk {
             q = q.bind(&*p.key).bind(p.step).bind(p.value);
-        }
-        for row in q.fetch_all(&mut tx).await? {
-            let key: String = row.get("key")?;
-            let step: i64 = row.get("step")?;
-            let value: f64 = row.get("value")?;
-            let d = deltas.entry(key).or_insert(Delta {
-                last_step: step,
-                last_value: value,
-                min: value,
-                max: value,
+            let d = deltas.entry(&p.key).or_insert(Delta {
+                last_step: p.step,
+                last_value: p.value,
+                min: p.value,
+                max: p.value,
                 count: 0,
             });
-            if step >= d.last_step {
-                d.last_step = step;
-                d.last_value = value;
+            if p.step >= d.last_step {
+                d.last_step = p.step;
+                d.last_value = p.value;
             }
-            d.min = d.min.min(value);
-            d.max = d.max.max(value);
+            d.min = d.min.min(p.value);
+            d.max = d.max.max(p.value);
             d.count += 1;
         }
+        q.execute(&mut tx).await?;
     }
     for (key, d) in deltas {
         tx.q(SQLITE_SUMMARY)
             .bind(run)
-            .bind(key)
+            .bind(key.to_string())
             .bind(d.last_value)
             .bind(d.last_step)
             .bind(d.min)
@@ -298,8 +321,7 @@ mod tests {
     fn sqlite_insert_numbers_parameters() {
         assert_eq!(
             super::sqlite_insert(2),
-            "INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES ($1,$3,$4,$5,$2),($1,$6,$7,$8,$2) \
-             ON CONFLICT (run_id, key, step) DO NOTHING RETURNING key, step, value"
+            "INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES ($1,$3,$4,$5,$2),($1,$6,$7,$8,$2)"
         );
     }
 }
