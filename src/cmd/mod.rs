@@ -1,7 +1,14 @@
 //! The subcommands. One file per area; each parses its own arguments and calls a stage crate.
+mod ckpt;
 mod corpus;
+mod datasets;
+mod filter;
+mod ingest;
 mod model;
 mod pending;
+mod plot;
+mod runs;
+mod schedule;
 mod serve;
 mod train;
 
@@ -20,8 +27,8 @@ pub struct Context {
 
 impl Context {
     pub fn new(registry: Option<String>, home: PathBuf) -> Self {
-        let registry_url = registry
-            .unwrap_or_else(|| format!("sqlite://{}", home.join("registry.db").display()));
+        let registry_url =
+            registry.unwrap_or_else(|| format!("sqlite://{}", home.join("registry.db").display()));
         Self { registry_url, home }
     }
 }
@@ -29,11 +36,13 @@ impl Context {
 #[derive(Subcommand)]
 pub enum Command {
     /// Track experiments: list, show, compare and search runs; log from scripts
-    Runs(pending::Pending),
+    Runs(runs::RunsArgs),
     /// Checkpoints and the promotion workflow: register, list, promote, rollback, history
-    Ckpt(pending::Pending),
+    Ckpt(ckpt::CkptArgs),
+    /// Dataset versions: list them, show one with its lineage, shards and statistics
+    Datasets(datasets::DatasetsArgs),
     /// Download, validate, resize and dedupe image-text pairs into a dataset version
-    Ingest(pending::Pending),
+    Ingest(ingest::IngestArgs),
     /// The ALBEF model: compute losses on given weights, benchmark a training step
     Model(model::ModelArgs),
     /// Pretrain ALBEF on a dataset version
@@ -41,13 +50,13 @@ pub enum Command {
     /// Zero-shot retrieval evaluation of a checkpoint
     Eval(train::EvalArgs),
     /// Score captions with the momentum model and make a filtered dataset version
-    Filter(pending::Pending),
+    Filter(filter::FilterArgs),
     /// Run the whole pipeline from one config
     Pipeline(pending::Pending),
     /// Manage scheduled ingestion
-    Schedule(pending::Pending),
+    Schedule(schedule::ScheduleArgs),
     /// Run scheduler workers that claim and run due ingestion jobs
-    Scheduler(pending::Pending),
+    Scheduler(schedule::SchedulerArgs),
     /// Serve the JSON API and the web dashboard
     Serve(serve::ServeArgs),
     /// The synthetic web corpus: generate it, serve it over HTTP, or write it as shards
@@ -57,16 +66,17 @@ pub enum Command {
 impl Command {
     pub async fn run(self, ctx: Context) -> anyhow::Result<()> {
         match self {
-            Command::Runs(_) => pending::not_built("runs", 2),
-            Command::Ckpt(_) => pending::not_built("ckpt", 2),
-            Command::Ingest(_) => pending::not_built("ingest", 3),
+            Command::Runs(args) => args.run(ctx).await,
+            Command::Ckpt(args) => args.run(ctx).await,
+            Command::Datasets(args) => args.run(ctx).await,
+            Command::Ingest(args) => ingest::run(args, ctx).await,
             Command::Model(args) => args.run(),
             Command::Train(args) => args.run(ctx).await,
             Command::Eval(args) => args.run(ctx).await,
-            Command::Filter(_) => pending::not_built("filter", 6),
+            Command::Filter(args) => filter::run(args, ctx).await,
             Command::Pipeline(_) => pending::not_built("pipeline", 7),
-            Command::Schedule(_) => pending::not_built("schedule", 7),
-            Command::Scheduler(_) => pending::not_built("scheduler", 7),
+            Command::Schedule(args) => args.run(ctx).await,
+            Command::Scheduler(args) => args.run(ctx).await,
             Command::Serve(args) => args.run(ctx).await,
             Command::Corpus(args) => args.run().await,
         }

@@ -1,0 +1,294 @@
+//! `albef schedule add|list|remove|trigger|jobs` (schedules of ingestion jobs in the registry)
+//! and `albef scheduler run` (the ticker and workers of `albef_ingest::schedule_worker`). A
+//! schedule stores the `albef ingest` flags of its jobs; they are parsed here, as `albef
+//! ingest` parses them, when the schedule is added (to refuse bad flags early) and when a job
+//! runs.
+use super::ingest::IngestArgs;
+use crate::output::{Format, Table};
+use albef_ingest::schedule_worker::{self, IngestJob, JobDecoder, SchedulerOptions};
+use albef_registry::cron::format_utc;
+use albef_registry::Registry;
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    command: ScheduleCommand,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Add a schedule: a cron expression (UTC) and the `albef ingest` flags of its jobs
+    Add(AddArgs),
+    /// List schedules: cron, next due time, last run and the status of the latest job
+    List {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove a schedule; its queued job is cancelled, a running one finishes, history stays
+    Remove {
+        /// The schedule's name
+        name: String,
+    },
+    /// Enqueue a job of a schedule now, unless one is already queued or running
+    Trigger {
+        /// The schedule's name
+        name: String,
+        /// Attempts before the job is FAILED
+        #[arg(long, default_value_t = 3)]
+        max_attempts: i64,
+    },
+    /// List jobs with their attempts (job runs: owner, status, takeovers, stats)
+    Jobs {
+        /// Only the jobs of this schedule
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// The schedule's name
+    name: String,
+    /// When it runs, in UTC: "MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK" (e.g. "0 3 * * *"), or
+    /// @hourly, @daily, @weekly, @monthly, @yearly
+    #[arg(long)]
+    cron: String,
+    /// Output format of the added schedule
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// The `albef ingest` flags of each job, after the options above: --input LIST --output DIR
+    /// --dataset NAME [...]. Each job writes its version under DIR/job-ID
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 1..,
+        required = true,
+        value_name = "INGEST FLAGS"
+    )]
+    ingest: Vec<String>,
+}
+
+/// How a job's stored flags are parsed: exactly as `albef ingest` parses its own.
+#[derive(Parser)]
+#[command(name = "albef ingest")]
+struct IngestFlags {
+    #[command(flatten)]
+    args: IngestArgs,
+}
+
+fn parse_ingest_flags(argv: &[String]) -> Result<IngestArgs> {
+    let args = std::iter::once("albef ingest".to_string()).chain(argv.iter().cloned());
+    IngestFlags::try_parse_from(args)
+        .map(|f| f.args)
+        .map_err(|e| anyhow::anyhow!("invalid ingest flags {argv:?}: {}", e.render()))
+}
+
+/// The `albef ingest` flags a job's parameters hold.
+fn job_flags(config: &Value) -> Result<Vec<String>> {
+    let flags = config
+        .get("ingest_args")
+        .with_context(|| format!("job parameters {config} have no \"ingest_args\""))?;
+    serde_json::from_value(flags.clone())
+        .with_context(|| format!("\"ingest_args\" of {config} is not a list of strings"))
+}
+
+fn decode_job(config: &Value) -> Result<IngestJob> {
+    let args = parse_ingest_flags(&job_flags(config)?)?;
+    Ok(IngestJob {
+        dataset: args.dataset.clone(),
+        config: args.config(),
+        params: args.params(),
+    })
+}
+
+fn time(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |t| json!(format_utc(t)))
+}
+
+impl ScheduleArgs {
+    pub async fn run(self, ctx: super::Context) -> Result<()> {
+        let reg = Registry::connect(&ctx.registry_url).await?;
+        match self.command {
+            ScheduleCommand::Add(a) => {
+                parse_ingest_flags(&a.ingest)?;
+                let s = reg
+                    .add_schedule(&a.name, &a.cron, &json!({ "ingest_args": a.ingest }))
+                    .await?;
+                schedules_table(&[s]).print(a.format)
+            }
+            ScheduleCommand::List { format } => {
+                schedules_table(&reg.schedules().await?).print(format)
+            }
+            ScheduleCommand::Remove { name } => {
+                reg.remove_schedule(&name).await?;
+                println!("removed schedule {name}");
+                Ok(())
+            }
+            ScheduleCommand::Trigger { name, max_attempts } => {
+                match reg.trigger_schedule(&name, max_attempts).await? {
+                    Some(id) => println!("queued job {id} of schedule {name}"),
+                    None => println!("schedule {name} already has a queued or running job"),
+                }
+                Ok(())
+            }
+            ScheduleCommand::Jobs { schedule, format } => {
+                let mut t = Table::new([
+                    "job",
+                    "schedule",
+                    "status",
+                    "attempts",
+                    "run_at",
+                    "owner",
+                    "runs",
+                    "last_error",
+                ]);
+                for job in reg.jobs(schedule.as_deref()).await? {
+                    let runs = reg.job_runs(job.id).await?;
+                    let runs = if format == Format::Json {
+                        serde_json::to_value(&runs)?
+                    } else {
+                        json!(runs
+                            .iter()
+                            .map(|r| format!("#{} {} {}", r.attempt, r.owner, r.status))
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                    };
+                    t.push(vec![
+                        json!(job.id),
+                        json!(job.schedule_id),
+                        json!(job.status),
+                        json!(format!("{}/{}", job.attempts, job.max_attempts)),
+                        time(Some(job.run_at)),
+                        json!(job.owner),
+                        runs,
+                        json!(job.last_error),
+                    ]);
+                }
+                t.print(format)
+            }
+        }
+    }
+}
+
+fn schedules_table(list: &[albef_registry::scheduler::Schedule]) -> Table {
+    let mut t = Table::new([
+        "name", "cron", "next_run", "last_run", "status", "jobs", "enabled", "ingest",
+    ]);
+    for s in list {
+        let flags = job_flags(&s.config).map_or_else(|_| s.config.to_string(), |f| f.join(" "));
+        t.push(vec![
+            json!(s.name),
+            json!(s.cron),
+            time(s.next_run_at),
+            time(s.last_run_at),
+            json!(s.last_status),
+            json!(s.jobs),
+            json!(s.enabled),
+            json!(flags),
+        ]);
+    }
+    t
+}
+
+#[derive(Args)]
+pub struct SchedulerArgs {
+    #[command(subcommand)]
+    command: SchedulerCommand,
+}
+
+#[derive(Subcommand)]
+enum SchedulerCommand {
+    /// Run the ticker and workers: enqueue due schedules, claim jobs with leases, run the ingests.
+    ///
+    /// Catch-up policy: ticks missed while no scheduler ran (downtime) give ONE run as soon as a
+    /// scheduler starts, then the cron cadence resumes from the next tick after now. At most one
+    /// job of a schedule is queued or running at a time; a tick that falls during a run waits
+    /// and gives one run after it. A job whose worker died (no heartbeat) is claimed again when
+    /// its lease expires and continues from the shards already committed; its history shows
+    /// the lost attempt and the new owner (`albef schedule jobs`). Failed attempts are retried
+    /// after --backoff-secs, doubling each time, up to --max-attempts.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Jobs this process runs at once
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Enqueue what is due now, run jobs until none is queued or running, then exit
+    #[arg(long)]
+    once: bool,
+    /// Seconds a claimed job's lease lasts; renewed every third of it. A dead worker's job is
+    /// taken over this long after its last heartbeat
+    #[arg(long, default_value_t = 60)]
+    lease_secs: u64,
+    /// Seconds between looks for due schedules and jobs
+    #[arg(long, default_value_t = 5.0)]
+    poll_secs: f64,
+    /// Seconds before the first retry of a failed job (doubles per attempt, at most an hour)
+    #[arg(long, default_value_t = 30.0)]
+    backoff_secs: f64,
+    /// Attempts of each job the ticker enqueues before it is FAILED
+    #[arg(long, default_value_t = 3)]
+    max_attempts: i64,
+    /// Seconds a job waits for its dataset's lock held by another ingest [default: 2 x lease]
+    #[arg(long)]
+    lock_wait_secs: Option<u64>,
+    /// Name of this process in leases and job runs [default: HOST:PID]
+    #[arg(long)]
+    owner: Option<String>,
+}
+
+impl SchedulerArgs {
+    pub async fn run(self, ctx: super::Context) -> Result<()> {
+        let SchedulerCommand::Run(a) = self.command;
+        anyhow::ensure!(a.lease_secs >= 1, "--lease-secs must be at least 1");
+        anyhow::ensure!(
+            a.poll_secs > 0.0 && a.backoff_secs >= 0.0,
+            "--poll-secs must be positive and --backoff-secs not negative"
+        );
+        let reg = Registry::connect(&ctx.registry_url).await?;
+        let lease = Duration::from_secs(a.lease_secs);
+        let opts = SchedulerOptions {
+            workers: a.workers,
+            once: a.once,
+            lease,
+            poll: Duration::from_secs_f64(a.poll_secs),
+            backoff: Duration::from_secs_f64(a.backoff_secs),
+            max_attempts: a.max_attempts,
+            lock_wait: a.lock_wait_secs.map_or(2 * lease, Duration::from_secs),
+            owner: a.owner.unwrap_or_else(albef_registry::process_owner),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping after the jobs in flight commit their shards");
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        let decode: JobDecoder = Arc::new(decode_job);
+        eprintln!(
+            "albef scheduler: {} worker(s) as {} on the {} registry",
+            opts.workers,
+            opts.owner,
+            reg.backend()
+        );
+        let report = schedule_worker::run_scheduler(reg, opts, decode, stop).await?;
+        println!(
+            "scheduler done: {} enqueued, {} succeeded, {} failed attempts, {} taken over",
+            report.enqueued, report.succeeded, report.failed, report.taken_over
+        );
+        Ok(())
+    }
+}
