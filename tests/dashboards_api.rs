@@ -265,3 +265,64 @@ async fn api_on_postgres() {
     pg::drop_pg_database(&name).await;
     result.unwrap().unwrap();
 }
+
+/// `albef runs plot`: an SVG with one line per run; PNG and unknown metrics are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_plot_writes_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let reg = albef_registry::Registry::connect(&url).await.unwrap();
+    let d = fill_demo(&reg, dir.path()).await.unwrap();
+    let plot = |args: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_albef"))
+            .args(["--registry", &url, "runs", "plot"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let svg = dir.path().join("loss.svg");
+    let out = plot(&[
+        d.noisy.to_string(),
+        d.filtered.to_string(),
+        "--metric".into(),
+        "loss".into(),
+        "--smooth".into(),
+        "0.6".into(),
+        "--out".into(),
+        svg.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches("<polyline").count(), 2);
+    assert!(
+        text.contains("tiny-noisy")
+            && text.contains("tiny-filtered")
+            && text.contains("loss by step")
+    );
+    let out = plot(&[
+        d.noisy.to_string(),
+        "--metric".into(),
+        "loss".into(),
+        "--out".into(),
+        "x.png".into(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PNG output is not supported yet"));
+    let out = plot(&[
+        d.failed.to_string(),
+        "--metric".into(),
+        "r1".into(),
+        "--out".into(),
+        svg.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no metric \"r1\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -22,7 +22,7 @@ function fmtNum(v) {
   if (v === null || v === undefined || Number.isNaN(v)) return "—";
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
-  return Number.isInteger(v) ? String(v) : v.toFixed(a < 1 ? 4 : 3);
+  return Number.isInteger(v) ? String(v) : String(+v.toPrecision(4));
 }
 function fmtPct(v) { return v === null || v === undefined || !isFinite(v) ? "—" : (100 * v).toFixed(1) + "%"; }
 function fmtTime(ms) { return ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "—"; }
@@ -256,9 +256,11 @@ async function checkpointsView() {
   view.innerHTML = `<h1>Checkpoints and promotions</h1>${ckpts.length ? ckptTable : '<div class="card empty">No checkpoints registered.</div>'}${modelCards}`;
 }
 
-function rate(stats, status) {
+/** A status's share of the rows; unknown (null) when a non-ingest stage did not count it. */
+function rate(stats, status, stage) {
   const rows = stats && stats.rows, n = stats && stats.by_status && stats.by_status[status];
-  return rows ? (n || 0) / rows : null;
+  if (!rows || (n === undefined && stage !== "ingest")) return null;
+  return (n || 0) / rows;
 }
 
 async function datasetsView() {
@@ -268,7 +270,7 @@ async function datasetsView() {
     <th class="num">success</th><th class="num">duplicates</th><th>created</th></tr></thead><tbody>
     ${versions.map(v => `<tr><td><a href="#/dataset?name=${encodeURIComponent(v.dataset)}&version=${v.version}">${esc(v.dataset)}</a></td><td class="num">${v.version}</td>
       <td>${esc(v.stage)}</td><td>${status(v.status)}</td><td class="num">${v.parent_id ?? "—"}</td><td class="num">${v.rows}</td><td class="num">${v.shards}</td>
-      <td class="num">${fmtPct(rate(v.stats, "success"))}</td><td class="num">${fmtPct(rate(v.stats, "duplicate"))}</td><td>${fmtTime(v.created_at)}</td></tr>`).join("")}
+      <td class="num">${fmtPct(rate(v.stats, "success", v.stage))}</td><td class="num">${fmtPct(rate(v.stats, "duplicate", v.stage))}</td><td>${fmtTime(v.created_at)}</td></tr>`).join("")}
     </tbody></table></div>` : '<div class="card empty">No dataset versions yet.</div>'}`;
 }
 
@@ -279,7 +281,7 @@ async function datasetView() {
   const total = st.rows || v.rows;
   const stat = (k, val) => `<div class="stat"><div class="v">${val}</div><div class="k">${esc(k)}</div></div>`;
   view.innerHTML = `<h1>${esc(v.dataset)}@${v.version} <span class="muted">· ${esc(v.stage)} · ${status(v.status)}</span></h1>
-    <div class="stats">${stat("rows", total ?? "—")}${stat("success rate", fmtPct(rate(st, "success")))}${stat("dedupe rate", fmtPct(rate(st, "duplicate")))}
+    <div class="stats">${stat("rows", total ?? "—")}${stat("success rate", fmtPct(rate(st, "success", v.stage)))}${stat("dedupe rate", fmtPct(rate(st, "duplicate", v.stage)))}
     ${stat("shards", v.shards)}${stat("downloaded", fmtBytes(st.bytes_downloaded))}${stat("parent version id", v.parent_id ?? "—")}</div>
     <div class="row">${bars("Rows by status", st.by_status, total)}${bars("Errors by kind", st.by_error_kind, total, true)}</div>
     <div class="row">${bars("HTTP status", st.by_http_status, total)}${bars("Duplicates by layer", st.dedupe, total)}</div>
@@ -287,7 +289,7 @@ async function datasetView() {
     ${d.contact_sheet ? `<div class="card"><a id="contact-sheet" href="${esc(d.contact_sheet)}" target="_blank">Open the contact sheet →</a></div>` : ""}
     <div class="card"><h2>Parameters</h2><pre class="mono">${esc(JSON.stringify(v.params, null, 2))}</pre></div>
     <div class="card"><h2>Shards</h2><table id="shards-table"><thead><tr><th class="num">#</th><th class="num">rows</th><th class="num">success</th><th>uri</th><th>written</th></tr></thead><tbody>
-    ${d.shards.map(s => `<tr><td class="num">${s.index}</td><td class="num">${s.rows}</td><td class="num">${fmtPct(rate(s.stats, "success"))}</td><td class="mono">${esc(s.uri)}</td><td>${fmtTime(s.created_at)}</td></tr>`).join("")}
+    ${d.shards.map(s => `<tr><td class="num">${s.index}</td><td class="num">${s.rows}</td><td class="num">${fmtPct(rate(s.stats, "success", v.stage))}</td><td class="mono">${esc(s.uri)}</td><td>${fmtTime(s.created_at)}</td></tr>`).join("")}
     </tbody></table></div>`;
 }
 
