@@ -49,6 +49,9 @@ pub struct TrainArgs {
     /// Device: cpu, cuda or cuda:N [default: the config's train.device]
     #[arg(long)]
     device: Option<String>,
+    /// Pairs per micro-batch [default: train.batch_size]; the queue size must be a multiple of it
+    #[arg(long, conflicts_with = "resume")]
+    batch_size: Option<i64>,
     /// Micro-batches per optimiser step (gradient accumulation)
     #[arg(long, default_value_t = 1)]
     accumulate: i64,
@@ -114,6 +117,10 @@ impl TrainArgs {
         let mut plan = self.plan(&registry).await?;
         if let Some(device) = &self.device {
             plan.config.train.device = device.clone();
+        }
+        if let Some(batch_size) = self.batch_size {
+            plan.config.train.batch_size = batch_size;
+            plan.config.validate().context("--batch-size")?;
         }
         if let Some(threads) = self.threads {
             plan.config.train.threads = threads;

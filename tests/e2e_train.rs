@@ -1,0 +1,289 @@
+//! Training end to end through the CLI, on an embedded SQLite registry: a synthetic corpus
+//! served over HTTP by this test, ingested with `albef ingest` (train and held-out splits),
+//! then albef-tiny trained on CPU three ways: uninterrupted (with periodic held-out
+//! evaluation), interrupted by SIGINT (a checkpoint, status KILLED), and resumed from that
+//! checkpoint. The resumed run's losses must equal the uninterrupted run's bit for bit, every
+//! checkpoint's registered sha256 must match its file, and `albef eval` must print the six
+//! recall figures of the final checkpoint.
+use albef_registry::{Registry, RunStatus};
+use albef_train::checkpoint::hash_file;
+use albef_train::synth::generate::{generate, write_url_lists, GenerateOptions};
+use albef_train::synth::serve::serve;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const STEPS: i64 = 40;
+const BATCH: &str = "8";
+
+fn albef(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_albef"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cmd.current_dir(root)
+        .env("ALBEF_HOME", home)
+        .env("ALBEF_TOKENIZER", root.join("assets/tokenizer.json"))
+        .env_remove("ALBEF_REGISTRY_URL")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Runs a command to completion and returns its last stdout line as JSON.
+fn json_line(cmd: &mut Command, what: &str) -> Value {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{what} printed nothing"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {line:?} is not JSON: {e}"))
+}
+
+fn train_args(cmd: &mut Command) -> &mut Command {
+    cmd.args([
+        "train",
+        "--config",
+        "configs/albef-tiny.toml",
+        "--dataset",
+        "shapes",
+    ])
+    .args([
+        "--steps",
+        &STEPS.to_string(),
+        "--batch-size",
+        BATCH,
+        "--format",
+        "json",
+    ])
+    .args(["--experiment", "e2e", "--log-format", "json"])
+}
+
+fn history(reg: &Registry, rt: &tokio::runtime::Runtime, run: i64, key: &str) -> Vec<(i64, f64)> {
+    let points = rt.block_on(reg.metric_history(run, key)).unwrap();
+    points.into_iter().map(|p| (p.step, p.value)).collect()
+}
+
+#[test]
+fn ingest_train_interrupt_resume_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let corpus = tmp.path().join("corpus");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // The corpus, served over HTTP and ingested like web data.
+    let opts = GenerateOptions {
+        n: 500,
+        heldout: 100,
+        image_size: 96,
+        seed: 3,
+        ..GenerateOptions::default()
+    };
+    generate(&corpus, &opts).unwrap();
+    let server = rt
+        .block_on(serve(&corpus, "127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    write_url_lists(&corpus, &server.base_url()).unwrap();
+    for (list, dataset) in [("urls.tsv", "shapes"), ("heldout.tsv", "shapes-heldout")] {
+        let out = tmp.path().join("data").join(dataset);
+        let ingest = albef(&home)
+            .args(["ingest", "--input"])
+            .arg(corpus.join(list))
+            .arg("--output")
+            .arg(&out)
+            .args([
+                "--dataset",
+                dataset,
+                "--shard-size",
+                "200",
+                "--image-size",
+                "96",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            ingest.status.success(),
+            "ingest {list}: {}",
+            String::from_utf8_lossy(&ingest.stderr)
+        );
+    }
+    rt.block_on(server.shutdown()).unwrap();
+    let reg = rt
+        .block_on(Registry::connect(&format!(
+            "sqlite://{}",
+            home.join("registry.db").display()
+        )))
+        .unwrap();
+
+    // Uninterrupted, with held-out evaluation every 20 steps.
+    let full = json_line(
+        train_args(&mut albef(&home)).args([
+            "--eval-dataset",
+            "shapes-heldout",
+            "--eval-every",
+            "20",
+        ]),
+        "uninterrupted training",
+    );
+    let full_run = full["run"].as_i64().unwrap();
+    assert_eq!(full["status"], "FINISHED");
+    assert_eq!(full["step"], STEPS);
+    let full_loss = history(&reg, &rt, full_run, "loss");
+    assert_eq!(full_loss.len() as i64, STEPS, "one loss per step");
+    assert!(full_loss.iter().all(|(_, v)| v.is_finite()));
+    for key in [
+        "loss_itc",
+        "loss_itm",
+        "loss_mlm",
+        "lr",
+        "temp",
+        "alpha",
+        "images_per_s",
+        "data_wait_pct",
+    ] {
+        assert_eq!(
+            history(&reg, &rt, full_run, key).len() as i64,
+            STEPS,
+            "{key} logged every step"
+        );
+    }
+    let alpha = history(&reg, &rt, full_run, "alpha");
+    assert_eq!(alpha[0].1, 0.0, "alpha starts its ramp at 0");
+    let r1 = history(&reg, &rt, full_run, "r1_t2i");
+    assert_eq!(
+        r1.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![20, 40],
+        "evaluated at steps 20 and 40"
+    );
+    let detail = rt.block_on(reg.run_detail(full_run)).unwrap();
+    let detail = serde_json::to_value(&detail).unwrap();
+    assert!(
+        detail.to_string().contains("model.vision.width"),
+        "the config is logged as params"
+    );
+
+    // Interrupted by SIGINT once a few steps are done: a checkpoint, status KILLED.
+    let mut child = train_args(&mut albef(&home))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr on a thread until the end, so that the child never writes to a closed pipe.
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("no progress:\n{log}"));
+        log.push_str(&line);
+        log.push('\n');
+        let step = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["fields"]["step"].as_i64());
+        if step.is_some_and(|s| s >= 4) {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the interrupted run exits cleanly:\n{log}"
+    );
+    let stopped: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(stopped["status"], "KILLED");
+    let stop_step = stopped["step"].as_i64().unwrap();
+    assert!(
+        (4..STEPS).contains(&stop_step),
+        "stopped at step {stop_step}"
+    );
+    let stopped_run = stopped["run"].as_i64().unwrap();
+    assert_eq!(
+        rt.block_on(reg.run(stopped_run)).unwrap().status,
+        RunStatus::Killed
+    );
+
+    // Resumed from that checkpoint: the remaining losses equal the uninterrupted run's.
+    let resumed = json_line(
+        albef(&home).args([
+            "train",
+            "--resume",
+            &stopped_run.to_string(),
+            "--format",
+            "json",
+        ]),
+        "resumed training",
+    );
+    assert_eq!(resumed["status"], "FINISHED");
+    assert_eq!(resumed["step"], STEPS);
+    let resumed_run = resumed["run"].as_i64().unwrap();
+    for key in [
+        "loss", "loss_itc", "loss_itm", "loss_mlm", "lr", "temp", "alpha",
+    ] {
+        let want: Vec<(i64, f64)> = history(&reg, &rt, full_run, key)
+            .into_iter()
+            .filter(|(s, _)| *s > stop_step)
+            .collect();
+        let got = history(&reg, &rt, resumed_run, key);
+        assert_eq!(
+            got.len() as i64,
+            STEPS - stop_step,
+            "{key}: one point per resumed step"
+        );
+        assert_eq!(
+            got, want,
+            "{key} after resuming at step {stop_step} differs from the uninterrupted run"
+        );
+    }
+
+    // Every checkpoint is registered with its file's sha256.
+    for ckpt in rt.block_on(reg.checkpoints(None)).unwrap() {
+        let (sha, _) = hash_file(Path::new(&ckpt.uri)).unwrap();
+        assert_eq!(sha, ckpt.sha256, "checkpoint {} ({})", ckpt.id, ckpt.uri);
+        assert!(PathBuf::from(&ckpt.uri)
+            .with_file_name("manifest.json")
+            .exists());
+    }
+
+    // Evaluation of the final checkpoint: six recall figures, in percent.
+    let ckpt = resumed["checkpoint"].as_i64().unwrap().to_string();
+    let recall = json_line(
+        albef(&home).args([
+            "eval",
+            "--checkpoint",
+            &ckpt,
+            "--dataset",
+            "shapes-heldout",
+            "--format",
+            "json",
+        ]),
+        "eval",
+    );
+    for key in ["r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i"] {
+        let v = recall[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {recall}"));
+        assert!((0.0..=100.0).contains(&v), "{key} = {v}");
+    }
+    assert!(recall["r1_t2i"].as_f64() <= recall["r5_t2i"].as_f64());
+    assert!(recall["r5_t2i"].as_f64() <= recall["r10_t2i"].as_f64());
+}
