@@ -77,7 +77,8 @@ impl Table {
                     .iter()
                     .map(|r| r.iter().map(cell_text).collect())
                     .collect();
-                let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+                let mut widths: Vec<usize> =
+                    self.headers.iter().map(|h| h.chars().count()).collect();
                 for row in &cells {
                     for (w, c) in widths.iter_mut().zip(row) {
                         *w = (*w).max(c.chars().count());
@@ -114,6 +115,29 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An epoch-milliseconds time (as the registry stores them) as a UTC `YYYY-MM-DD HH:MM:SS` cell.
+pub fn time_cell(ms: Option<i64>) -> Value {
+    let Some(ms) = ms else { return Value::Null };
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Value::String(format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
 fn cell_text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -140,6 +164,16 @@ mod tests {
         t.push(vec![json!(1), json!("a, \"b\""), json!(0.5)]);
         t.push(vec![json!(22), json!("c"), Value::Null]);
         t
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(time_cell(Some(0)), json!("1970-01-01 00:00:00"));
+        assert_eq!(
+            time_cell(Some(1_709_251_199_999)),
+            json!("2024-02-29 23:59:59")
+        );
+        assert_eq!(time_cell(None), Value::Null);
     }
 
     #[test]
