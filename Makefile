@@ -20,7 +20,12 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(TORCH_VENV)
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 TORCH_DEP := .venv/.ready
+TORCH_LIB = $(firstword $(wildcard $(TORCH_VENV)/lib/python3*/site-packages/torch/lib))
+else
+TORCH_LIB = $(LIBTORCH)/lib
 endif
+# Test binaries of the library crates have no runpath (only the albef binary embeds one).
+TEST_ENV = LD_LIBRARY_PATH="$(TORCH_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 
 .PHONY: build demo test fmt lint setup sysdeps test-sysdeps install-missing postgres clean
@@ -76,7 +81,7 @@ postgres:
 
 test: setup test-sysdeps postgres
 	cargo build --release --bin albef
-	cargo test --release --workspace
+	$(TEST_ENV) cargo test --release --workspace
 
 fmt:
 	cargo fmt --all
