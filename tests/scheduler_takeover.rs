@@ -74,6 +74,14 @@ fn check(out: Output, what: &str) -> String {
     text
 }
 
+/// The JSON a command prints on stdout (logs go to stderr).
+fn json_of(registry: &str, args: &[&str]) -> serde_json::Value {
+    let out = albef(registry, args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    check(out, &args.join(" "));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
@@ -128,13 +136,7 @@ fn kill_and_take_over(registry: &str, dir: &Path) {
     let mut add = vec!["schedule", "add", "nightly", "--cron", "0 3 * * *"];
     add.extend(ingest_flags);
     check(albef(registry, &add).output().unwrap(), "schedule add");
-    let listed = check(
-        albef(registry, &["schedule", "list", "--format", "json"])
-            .output()
-            .unwrap(),
-        "list",
-    );
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let listed = json_of(registry, &["schedule", "list", "--format", "json"]);
     assert_eq!(listed[0]["name"], "nightly");
     assert!(
         listed[0]["next_run"]
@@ -193,13 +195,7 @@ fn kill_and_take_over(registry: &str, dir: &Path) {
     );
 
     // Exactly once, with the takeover in the history.
-    let jobs = check(
-        albef(registry, &["schedule", "jobs", "--format", "json"])
-            .output()
-            .unwrap(),
-        "jobs",
-    );
-    let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+    let jobs = json_of(registry, &["schedule", "jobs", "--format", "json"]);
     assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
     assert_eq!(jobs[0]["status"], "SUCCEEDED");
     let runs = jobs[0]["runs"].as_array().unwrap();
