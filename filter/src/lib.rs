@@ -1,1 +1,16 @@
-//! albef-filter: see DESIGN.md for this stage's place in the pipeline.
+//! albef-filter: scores noisy captions with a trained checkpoint's momentum model and makes a
+//! filtered dataset version (see DESIGN.md and ALBEF.md, "Scoring noisy captions"). `score`
+//! computes the pseudo-target scores, `select` chooses the kept pairs, `run` rewrites the
+//! shards and registers the version, `report` draws histograms and the contact sheet, and
+//! `weight` turns scores into per-pair loss weights for score-weighted training.
+pub mod report;
+pub mod run;
+pub mod score;
+pub mod select;
+pub mod weight;
+
+pub(crate) use run::write_file;
+pub use run::{run, score_dataset, FilterJob, Scored, Summary};
+pub use score::{PairScores, ScoreName, Scorer, INVARIANCE_TOLERANCE, SCORE_COLUMNS};
+pub use select::{select, Selection};
+pub use weight::LossWeight;

@@ -1,0 +1,109 @@
+//! `albef filter`: score every pair of a dataset version with a checkpoint's momentum model and
+//! make a filtered version (rejected rows kept with status `filtered_out`). Parses the flags
+//! into an `albef_filter::FilterJob` and prints the summary; the work is in `albef-filter`.
+use crate::output::{print_json, Format, Table};
+use albef_filter::{FilterJob, ScoreName, Selection, Summary};
+use albef_registry::Registry;
+use albef_train::config::parse_device;
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct FilterArgs {
+    /// Checkpoint to score with: its registry id or MODEL@ALIAS
+    #[arg(long)]
+    checkpoint: String,
+    /// Dataset version to filter: NAME (latest finished version) or NAME@VERSION
+    #[arg(long)]
+    dataset: String,
+    /// Folder of the filtered version's shards and report (not needed with --dry-run)
+    #[arg(long, required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
+    /// Keep this fraction of the scored pairs, the highest-scored (DataComp keeps 0.3)
+    #[arg(long, conflicts_with = "threshold")]
+    keep_fraction: Option<f64>,
+    /// Keep pairs whose score is at least this (BLIP's CapFilt: 0.5 on score_itm)
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Score that ranks and thresholds: score (mean of the three), score_i2t, score_t2i, score_itm
+    #[arg(long, default_value = "score", value_parser = ScoreName::parse)]
+    score: ScoreName,
+    /// Pairs per forward pass
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Loader threads that decode and resize pictures ahead of the model
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Device: cpu, cuda or cuda:N (bf16 matmuls on CUDA)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The BERT tokenizer.json
+    #[arg(long, default_value = "assets/tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Lowest- and highest-scored pairs shown on the contact sheet, each
+    #[arg(long, default_value_t = 8)]
+    sheet_size: usize,
+    /// Score and report what would be kept; write and register nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+pub async fn run(args: FilterArgs, ctx: super::Context) -> Result<()> {
+    let selection = match (args.keep_fraction, args.threshold) {
+        (Some(f), _) => Selection::KeepFraction(f),
+        (None, Some(t)) => Selection::Threshold(t),
+        (None, None) => anyhow::bail!("give --keep-fraction F or --threshold T"),
+    };
+    let reg = Registry::connect(&ctx.registry_url)
+        .await
+        .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
+    let job = FilterJob {
+        checkpoint: args.checkpoint,
+        dataset: args.dataset,
+        output: args.output.unwrap_or_default(),
+        selection,
+        score: args.score,
+        batch_size: args.batch_size,
+        workers: args.workers,
+        device: parse_device(&args.device)?,
+        tokenizer: args.tokenizer,
+        dry_run: args.dry_run,
+        progress: std::io::stderr().is_terminal(),
+        sheet_size: args.sheet_size,
+    };
+    let summary = albef_filter::run(&reg, &job).await?;
+    print_summary(&summary, args.format)
+}
+
+fn print_summary(s: &Summary, format: Format) -> Result<()> {
+    if format == Format::Json {
+        return print_json(&serde_json::to_value(s)?);
+    }
+    let mut t = Table::new(["item", "value"]);
+    let mut add = |k: &str, v: serde_json::Value| t.push(vec![json!(k), v]);
+    add("source", json!(s.source));
+    add(
+        "version",
+        json!(s.version.map_or("(dry run)".to_string(), |v| v.to_string())),
+    );
+    add("output", json!(s.output));
+    add(
+        "checkpoint",
+        json!(format!("{} ({})", s.checkpoint_id, s.checkpoint_sha256)),
+    );
+    add("score", json!(s.score.column()));
+    add("selection", serde_json::to_value(s.selection)?);
+    add("rows", json!(s.rows));
+    add("scored", json!(s.scored));
+    add("kept", json!(s.kept));
+    add("kept fraction", json!(format!("{:.4}", s.kept_fraction)));
+    add("weakest kept score", json!(s.min_kept_score));
+    add("pairs/s", json!(format!("{:.1}", s.pairs_per_second)));
+    t.print(format)
+}
