@@ -1,0 +1,277 @@
+//! `albef ingest`: URL lists -> a registered dataset version of Parquet shards. Parses the
+//! flags into `albef_ingest::IngestConfig`, handles Ctrl-C, prints the summary; the work is in
+//! the `albef-ingest` crate.
+use crate::output::{print_json, Format, Table};
+use albef_ingest::catalog::Outcome;
+use albef_ingest::fetch::FetchConfig;
+use albef_ingest::resizer::{ImageConfig, ResizeMode};
+use albef_ingest::schedule_worker::{self, LockOptions};
+use albef_ingest::source::InputSpec;
+use albef_ingest::IngestConfig;
+use albef_registry::Registry;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Resize {
+    KeepRatio,
+    CenterCrop,
+    Border,
+    No,
+}
+
+#[derive(Args)]
+pub struct IngestArgs {
+    /// URL list: a file, a folder or a glob of .tsv/.csv/.json/.jsonl/.parquet (optionally .gz)
+    #[arg(long)]
+    input: String,
+    /// Folder of the dataset version (Parquet shards, stats, dedupe index)
+    #[arg(long)]
+    output: PathBuf,
+    /// Dataset name in the registry; the run makes its next version
+    #[arg(long)]
+    pub(super) dataset: String,
+    /// URL column [default: url or URL]
+    #[arg(long)]
+    url_col: Option<String>,
+    /// Caption column [default: caption, TEXT or text]
+    #[arg(long)]
+    caption_col: Option<String>,
+    /// Column names of a headerless TSV/CSV, e.g. caption,url (CC3M) or url,caption (CC12M)
+    #[arg(long, value_delimiter = ',')]
+    columns: Option<Vec<String>>,
+    /// Input columns to carry into the shards, e.g. similarity
+    #[arg(long, value_delimiter = ',')]
+    keep_cols: Vec<String>,
+    /// Rows per shard
+    #[arg(long, default_value_t = 10_000)]
+    shard_size: u64,
+    /// Image size: the shorter side for keep_ratio and center_crop, the square for border
+    #[arg(long, default_value_t = 256)]
+    image_size: u32,
+    /// How to resize
+    #[arg(long, value_enum, default_value_t = Resize::KeepRatio)]
+    resize_mode: Resize,
+    /// JPEG quality of the stored images
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    quality: u8,
+    /// Reject images whose shorter side is below this many pixels
+    #[arg(long, default_value_t = 64)]
+    min_size: u32,
+    /// Reject images whose longer/shorter side ratio exceeds this
+    #[arg(long, default_value_t = 10.0)]
+    max_aspect_ratio: f64,
+    /// Refuse images declaring more pixels than this (decompression bombs)
+    #[arg(long, default_value_t = 80_000_000)]
+    max_pixels: u64,
+    /// Concurrent requests per host
+    #[arg(long, default_value_t = 16)]
+    per_host_concurrency: usize,
+    /// Requests per second per host (0: no limit)
+    #[arg(long, default_value_t = 0.0)]
+    per_host_rate: f64,
+    /// Rows being fetched or processed at once, over all hosts
+    #[arg(long, default_value_t = 512)]
+    max_in_flight: usize,
+    /// Seconds allowed per request attempt (connect, headers and body)
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Seconds allowed to connect
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Retries of transient failures (timeouts, resets, 5xx, 429), with exponential backoff
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Seconds before the first retry (doubles each time, with jitter)
+    #[arg(long, default_value_t = 0.5)]
+    backoff: f64,
+    /// Largest download in bytes
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: u64,
+    /// Token added to the User-Agent and matched by `token: noai` X-Robots-Tag directives
+    #[arg(long)]
+    user_agent_token: Option<String>,
+    /// Ignore X-Robots-Tag opt-outs (noai, noimageai, noindex, noimageindex)
+    #[arg(long)]
+    ignore_x_robots_tag: bool,
+    /// Also obey robots.txt (fetched once per host)
+    #[arg(long)]
+    respect_robots_txt: bool,
+    /// Turn off URL, sha256 and pHash dedupe
+    #[arg(long)]
+    no_dedupe: bool,
+    /// Largest pHash Hamming distance of near duplicates (-1: exact duplicates only)
+    #[arg(long, default_value_t = albef_ingest::DEFAULT_PHASH_DISTANCE as i32, allow_hyphen_values = true)]
+    phash_distance: i32,
+    /// This worker's index among --num-workers (shard % N == I)
+    #[arg(long, default_value_t = 0)]
+    worker_index: u64,
+    /// Number of workers sharing the list
+    #[arg(long, default_value_t = 1)]
+    num_workers: u64,
+    /// Threads decoding and resizing images [default: the number of cores]
+    #[arg(long)]
+    image_threads: Option<usize>,
+    /// Seconds to wait for another ingest of the same dataset to finish (0: exit at once with a
+    /// message naming it); overlapping runs from cron never write one dataset together
+    #[arg(long, default_value_t = 0)]
+    lock_wait: u64,
+    /// Output format of the summary
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+impl IngestArgs {
+    pub(super) fn config(&self) -> IngestConfig {
+        let defaults = IngestConfig::default();
+        IngestConfig {
+            input: InputSpec {
+                input: self.input.clone(),
+                url_col: self.url_col.clone(),
+                caption_col: self.caption_col.clone(),
+                columns: self.columns.clone(),
+                keep_cols: self.keep_cols.clone(),
+            },
+            output: self.output.clone(),
+            shard_size: self.shard_size,
+            worker_index: self.worker_index,
+            num_workers: self.num_workers,
+            fetch: FetchConfig {
+                timeout: Duration::from_secs_f64(self.timeout),
+                connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+                retries: self.retries,
+                backoff: Duration::from_secs_f64(self.backoff),
+                max_body_bytes: self.max_body_bytes,
+                per_host_concurrency: self.per_host_concurrency,
+                per_host_rate: self.per_host_rate,
+                user_agent_token: self.user_agent_token.clone(),
+                disallowed_directives: if self.ignore_x_robots_tag {
+                    Vec::new()
+                } else {
+                    FetchConfig::default().disallowed_directives
+                },
+                respect_robots_txt: self.respect_robots_txt,
+                ..FetchConfig::default()
+            },
+            image: ImageConfig {
+                size: self.image_size,
+                mode: match self.resize_mode {
+                    Resize::KeepRatio => ResizeMode::KeepRatio,
+                    Resize::CenterCrop => ResizeMode::CenterCrop,
+                    Resize::Border => ResizeMode::Border,
+                    Resize::No => ResizeMode::No,
+                },
+                min_size: self.min_size,
+                max_aspect_ratio: self.max_aspect_ratio,
+                max_pixels: self.max_pixels,
+                quality: self.quality,
+            },
+            dedupe: !self.no_dedupe,
+            phash_distance: u32::try_from(self.phash_distance).ok(),
+            max_in_flight: self.max_in_flight,
+            image_threads: self.image_threads.unwrap_or(defaults.image_threads),
+            progress: true,
+        }
+    }
+
+    /// The parameters recorded with the dataset version.
+    pub(super) fn params(&self) -> serde_json::Value {
+        json!({
+            "input": self.input, "url_col": self.url_col, "caption_col": self.caption_col,
+            "columns": self.columns, "keep_cols": self.keep_cols, "shard_size": self.shard_size,
+            "image_size": self.image_size, "resize_mode": self.resize_mode.to_possible_value().map(|v| v.get_name().to_string()),
+            "quality": self.quality, "min_size": self.min_size, "max_aspect_ratio": self.max_aspect_ratio,
+            "max_pixels": self.max_pixels, "per_host_concurrency": self.per_host_concurrency,
+            "per_host_rate": self.per_host_rate, "timeout": self.timeout, "retries": self.retries,
+            "max_body_bytes": self.max_body_bytes, "user_agent_token": self.user_agent_token,
+            "ignore_x_robots_tag": self.ignore_x_robots_tag, "respect_robots_txt": self.respect_robots_txt,
+            "dedupe": !self.no_dedupe, "phash_distance": self.phash_distance,
+            "num_workers": self.num_workers,
+        })
+    }
+}
+
+fn print_summary(o: &Outcome, format: Format) -> Result<()> {
+    if format == Format::Json {
+        return print_json(&serde_json::to_value(o)?);
+    }
+    let s = &o.summary;
+    let mut t = Table::new(["item", "value"]);
+    let mut add = |k: &str, v: serde_json::Value| t.push(vec![json!(k), v]);
+    add("dataset", json!(format!("{}@{}", o.dataset, o.version)));
+    add("folder", json!(o.uri));
+    add("finished", json!(o.finished));
+    add("input rows", json!(s.input_rows));
+    add("rows written", json!(s.rows_written));
+    add("shards written", json!(s.shards_written.len()));
+    add(
+        "shards skipped (done or other workers)",
+        json!(s.shards_skipped),
+    );
+    for (status, n) in &s.stats.by_status {
+        add(&format!("status {status}"), json!(n));
+    }
+    for (layer, n) in &s.stats.dedupe {
+        add(&format!("duplicates by {layer}"), json!(n));
+    }
+    for (kind, n) in &s.stats.by_error_kind {
+        add(&format!("error {kind}"), json!(n));
+    }
+    add("elapsed s", json!(format!("{:.1}", s.elapsed_s)));
+    add("rows/s", json!(format!("{:.0}", s.rows_per_s)));
+    add("successes/s", json!(format!("{:.0}", s.success_per_s)));
+    let ms = &s.ms_per_image;
+    add(
+        "ms per image: fetch decode resize encode hash write",
+        json!(format!(
+            "{:.2} {:.2} {:.2} {:.2} {:.2} {:.3}",
+            ms.fetch, ms.decode, ms.resize, ms.encode, ms.hash, ms.write
+        )),
+    );
+    t.print(format)
+}
+
+pub async fn run(args: IngestArgs, ctx: super::Context) -> Result<()> {
+    let reg = Registry::connect(&ctx.registry_url)
+        .await
+        .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing the rows in flight and committing complete shards (Ctrl-C again to abort)");
+            flag.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let lock = LockOptions {
+        owner: format!("{}:ingest", albef_registry::process_owner()),
+        lease: Duration::from_secs(30),
+        wait: Duration::from_secs(args.lock_wait),
+    };
+    let outcome = schedule_worker::ingest_exclusive(
+        &reg,
+        &args.dataset,
+        args.config(),
+        args.params(),
+        stop,
+        &lock,
+    )
+    .await?;
+    print_summary(&outcome, args.format)?;
+    if outcome.summary.interrupted {
+        anyhow::bail!(
+            "interrupted: {} shards committed; run the same command again to continue",
+            outcome.summary.shards_written.len()
+        );
+    }
+    Ok(())
+}
