@@ -6,6 +6,8 @@
 //!
 //! Sizes: ALBEF_BENCH_POINTS (default 1,000,000), ALBEF_BENCH_RUNS (default 10,000),
 //! ALBEF_BENCH_REPEATS (default 50). Postgres: ALBEF_TEST_POSTGRES_URL.
+// Only the Postgres helpers of the shared test module are used here.
+#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
