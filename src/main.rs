@@ -3,7 +3,7 @@
 mod cmd;
 mod output;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,7 +22,12 @@ struct Cli {
     #[arg(long, global = true, env = "ALBEF_REGISTRY_URL")]
     registry: Option<String>,
     /// Folder for the default SQLite registry and for datasets and checkpoints
-    #[arg(long, global = true, env = "ALBEF_HOME", default_value = "./albef-home")]
+    #[arg(
+        long,
+        global = true,
+        env = "ALBEF_HOME",
+        default_value = "./albef-home"
+    )]
     home: PathBuf,
     /// Log format on stderr; the level comes from RUST_LOG (default: info)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -53,7 +58,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let ctx = cmd::Context::new(cli.registry, cli.home);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -10,13 +10,16 @@ use common::{jpeg, photo};
 use image::imageops::{self, FilterType};
 
 fn hashes(bytes: &[u8]) -> (u64, u64) {
-    let p = process(bytes, &ImageConfig::default(), &mut StepTimes::default()).expect("test images decode");
+    let p = process(bytes, &ImageConfig::default(), &mut StepTimes::default())
+        .expect("test images decode");
     (p.phash, p.phash_mirror)
 }
 
 /// Distance as the index sees it: the copy's hash or its mirror's against the stored hash.
 fn distance(stored: u64, copy: (u64, u64)) -> u32 {
-    (stored ^ copy.0).count_ones().min((stored ^ copy.1).count_ones())
+    (stored ^ copy.0)
+        .count_ones()
+        .min((stored ^ copy.1).count_ones())
 }
 
 #[test]
@@ -39,13 +42,20 @@ fn precision_and_recall_by_distance() {
     }
     let distinct_pairs = n * (n - 1) / 2;
     println!("near-duplicate detector on {n} generated images, {distinct_pairs} distinct pairs");
-    println!("dist  recall: {}  all    false pos  precision", transforms.join(" "));
+    println!(
+        "dist  recall: {}  all    false pos  precision",
+        transforms.join(" ")
+    );
     let mut at_default = None;
     for t in 0..=16u32 {
         let recalls: Vec<f64> = copies
             .iter()
             .map(|c| {
-                c.iter().zip(&originals).filter(|(c, o)| distance(o.0, **c) <= t).count() as f64 / n as f64
+                c.iter()
+                    .zip(&originals)
+                    .filter(|(c, o)| distance(o.0, **c) <= t)
+                    .count() as f64
+                    / n as f64
             })
             .collect();
         let tp: f64 = recalls.iter().sum::<f64>() * n as f64;
@@ -62,13 +72,23 @@ fn precision_and_recall_by_distance() {
         let all = tp / (n as f64 * transforms.len() as f64);
         println!(
             "{t:>4}  {}  {all:.3}  {fp:>9}  {precision:.4}",
-            recalls.iter().map(|r| format!("{r:>7.3}")).collect::<Vec<_>>().join(" ")
+            recalls
+                .iter()
+                .map(|r| format!("{r:>7.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         if t == albef_ingest::DEFAULT_PHASH_DISTANCE {
             at_default = Some((recalls, precision));
         }
     }
     let (recalls, precision) = at_default.expect("default distance within the table");
-    assert!(precision >= 0.99, "precision {precision} at the default distance");
-    assert!(recalls[0] >= 0.95 && recalls[1] >= 0.95 && recalls[3] >= 0.95, "recall {recalls:?}");
+    assert!(
+        precision >= 0.99,
+        "precision {precision} at the default distance"
+    );
+    assert!(
+        recalls[0] >= 0.95 && recalls[1] >= 0.95 && recalls[3] >= 0.95,
+        "recall {recalls:?}"
+    );
 }
