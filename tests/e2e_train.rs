@@ -204,7 +204,9 @@ fn ingest_train_interrupt_resume_evaluate() {
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    reader.join().expect("the stderr reader ends with the child");
+    reader
+        .join()
+        .expect("the stderr reader ends with the child");
     assert!(
         out.status.success(),
         "the interrupted run exits cleanly:\n{log}"

@@ -3,7 +3,6 @@
 //! split by rank. `shards` reads, `augment` and `tokenize` transform one sample's picture and
 //! caption, `loader` orders, batches and prefetches.
 pub mod augment;
-pub mod caption;
 pub mod loader;
 pub mod rng;
 pub mod shards;

@@ -4,7 +4,7 @@
 //! columns the readers use (`key`, `url`, `caption`, `text`, `status`, `error_message`,
 //! `http_status`, sizes, `sha256`, `dup_of`, `jpg`) plus the corpus's `clean` column.
 use super::generate::{read_pairs, Split};
-use crate::data::caption::pre_caption;
+use albef_ingest::caption::{pre_caption, MAX_WORDS};
 use anyhow::{bail, Context, Result};
 use arrow_array::{ArrayRef, BinaryArray, BooleanArray, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
@@ -40,7 +40,7 @@ impl ShardRow {
     pub fn success(key: String, url: String, caption: &str, jpg: Vec<u8>) -> Result<Self> {
         let (width, height) = jpeg_size(&jpg).with_context(|| format!("row {key}: JPEG header"))?;
         Ok(Self {
-            text: pre_caption(caption, 30),
+            text: pre_caption(caption, MAX_WORDS),
             caption: caption.into(),
             status: "success".into(),
             http_status: Some(200),
