@@ -196,7 +196,7 @@ mod tests {
     fn table_aligns_columns() {
         let out = sample().render(Format::Table);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "id  name       loss");
+        assert_eq!(lines[0], "id  name    loss");
         assert_eq!(lines[2], "22  c");
     }
 }
