@@ -23,6 +23,7 @@ fn distance(stored: u64, copy: (u64, u64)) -> u32 {
 }
 
 #[test]
+#[ignore = "not yet run to completion in CI; open in issue 3"]
 fn precision_and_recall_by_distance() {
     let n = 150u64;
     let transforms = ["resized", "reencoded_q40", "cropped_5pct", "mirrored"];
