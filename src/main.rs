@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(cmd::exit_code(&e))
+            ExitCode::FAILURE
         }
     }
 }

@@ -115,6 +115,29 @@ fn events_table(events: &[PromotionEvent]) -> Table {
     t
 }
 
+/// Points `model@alias` at the checkpoint `spec` (an id or MODEL@ALIAS) if the gate `require`
+/// passes; the registry records the event (`albef ckpt promote` and the pipeline's promote stage).
+pub(super) async fn promote(
+    reg: &Registry,
+    spec: &str,
+    model: String,
+    alias: String,
+    require: Option<String>,
+    reason: Option<String>,
+    actor: String,
+) -> Result<PromotionEvent> {
+    let checkpoint = reg.resolve_checkpoint(spec).await?.id;
+    reg.promote(&PromotionRequest {
+        checkpoint,
+        model,
+        alias,
+        require,
+        reason,
+        actor,
+    })
+    .await
+}
+
 impl CkptArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
         let reg = Registry::connect(&ctx.registry_url).await?;
@@ -169,17 +192,8 @@ impl CkptArgs {
                 reason,
                 actor: who,
             } => {
-                let checkpoint = reg.resolve_checkpoint(&checkpoint).await?.id;
-                let event = reg
-                    .promote(&PromotionRequest {
-                        checkpoint,
-                        model,
-                        alias,
-                        require,
-                        reason,
-                        actor: actor(who),
-                    })
-                    .await?;
+                let event =
+                    promote(&reg, &checkpoint, model, alias, require, reason, actor(who)).await?;
                 events_table(&[event]).print(format)
             }
             CkptCommand::Rollback {

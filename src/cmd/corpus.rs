@@ -26,7 +26,7 @@ enum CorpusCommand {
 }
 
 #[derive(Args)]
-struct GenerateArgs {
+pub(super) struct GenerateArgs {
     /// Folder to write the corpus into (created if missing)
     #[arg(long)]
     out: PathBuf,
@@ -100,7 +100,9 @@ impl CorpusArgs {
     }
 }
 
-async fn generate(a: GenerateArgs) -> Result<()> {
+/// Writes the corpus `a` asks for and returns what it holds (`albef corpus generate` and the
+/// pipeline's corpus stage).
+pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<synth::Summary> {
     let opts = GenerateOptions {
         n: a.n,
         seed: a.seed,
@@ -108,13 +110,17 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         dup_frac: a.dup_frac,
         image_size: a.image_size,
         heldout: a.heldout.unwrap_or((a.n / 5).min(1000)),
-        base_url: a.base_url,
+        base_url: a.base_url.clone(),
         threads: a.threads,
     };
-    let out = a.out;
-    let summary = tokio::task::spawn_blocking(move || synth::generate(&out, &opts))
+    let out = a.out.clone();
+    tokio::task::spawn_blocking(move || synth::generate(&out, &opts))
         .await
-        .context("the generator thread panicked")??;
+        .context("the generator thread panicked")?
+}
+
+async fn generate(a: GenerateArgs) -> Result<()> {
+    let summary = generate_corpus(&a).await?;
     let mut table = Table::new(["field", "value"]);
     let value = serde_json::to_value(&summary)?;
     if let Some(fields) = value.as_object() {

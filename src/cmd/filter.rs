@@ -54,31 +54,39 @@ pub struct FilterArgs {
     format: Format,
 }
 
+impl FilterArgs {
+    /// The filter job these flags describe (`albef filter` and the pipeline's filter stage).
+    pub(super) fn job(self) -> Result<FilterJob> {
+        let selection = match (self.keep_fraction, self.threshold) {
+            (Some(f), _) => Selection::KeepFraction(f),
+            (None, Some(t)) => Selection::Threshold(t),
+            (None, None) => anyhow::bail!("give --keep-fraction F or --threshold T"),
+        };
+        Ok(FilterJob {
+            checkpoint: self.checkpoint,
+            dataset: self.dataset,
+            output: self.output.unwrap_or_default(),
+            selection,
+            score: self.score,
+            batch_size: self.batch_size,
+            workers: self.workers,
+            device: parse_device(&self.device)?,
+            tokenizer: self.tokenizer,
+            dry_run: self.dry_run,
+            progress: std::io::stderr().is_terminal(),
+            sheet_size: self.sheet_size,
+        })
+    }
+}
+
 pub async fn run(args: FilterArgs, ctx: super::Context) -> Result<()> {
-    let selection = match (args.keep_fraction, args.threshold) {
-        (Some(f), _) => Selection::KeepFraction(f),
-        (None, Some(t)) => Selection::Threshold(t),
-        (None, None) => anyhow::bail!("give --keep-fraction F or --threshold T"),
-    };
+    let format = args.format;
+    let job = args.job()?;
     let reg = Registry::connect(&ctx.registry_url)
         .await
         .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
-    let job = FilterJob {
-        checkpoint: args.checkpoint,
-        dataset: args.dataset,
-        output: args.output.unwrap_or_default(),
-        selection,
-        score: args.score,
-        batch_size: args.batch_size,
-        workers: args.workers,
-        device: parse_device(&args.device)?,
-        tokenizer: args.tokenizer,
-        dry_run: args.dry_run,
-        progress: std::io::stderr().is_terminal(),
-        sheet_size: args.sheet_size,
-    };
     let summary = albef_filter::run(&reg, &job).await?;
-    print_summary(&summary, args.format)
+    print_summary(&summary, format)
 }
 
 fn print_summary(s: &Summary, format: Format) -> Result<()> {

@@ -237,6 +237,40 @@ fn print_summary(o: &Outcome, format: Format) -> Result<()> {
     t.print(format)
 }
 
+/// Ingests `args` into its dataset while holding the dataset's lock (`albef ingest` and the
+/// pipeline's ingest stage); `stop` finishes the rows in flight and commits complete shards.
+pub(super) async fn ingest_dataset(
+    reg: &Registry,
+    args: &IngestArgs,
+    stop: Arc<AtomicBool>,
+) -> Result<Outcome> {
+    let lock = LockOptions {
+        owner: format!("{}:ingest", albef_registry::process_owner()),
+        lease: Duration::from_secs(30),
+        wait: Duration::from_secs(args.lock_wait),
+    };
+    schedule_worker::ingest_exclusive(
+        reg,
+        &args.dataset,
+        args.config(),
+        args.params(),
+        stop,
+        &lock,
+    )
+    .await
+}
+
+/// An error for an ingest that was interrupted before every shard was complete.
+pub(super) fn check_complete(outcome: &Outcome) -> Result<()> {
+    if outcome.summary.interrupted {
+        anyhow::bail!(
+            "interrupted: {} shards committed; run the same command again to continue",
+            outcome.summary.shards_written.len()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(args: IngestArgs, ctx: super::Context) -> Result<()> {
     let reg = Registry::connect(&ctx.registry_url)
         .await
@@ -252,26 +286,7 @@ pub async fn run(args: IngestArgs, ctx: super::Context) -> Result<()> {
             }
         }
     });
-    let lock = LockOptions {
-        owner: format!("{}:ingest", albef_registry::process_owner()),
-        lease: Duration::from_secs(30),
-        wait: Duration::from_secs(args.lock_wait),
-    };
-    let outcome = schedule_worker::ingest_exclusive(
-        &reg,
-        &args.dataset,
-        args.config(),
-        args.params(),
-        stop,
-        &lock,
-    )
-    .await?;
+    let outcome = ingest_dataset(&reg, &args, stop).await?;
     print_summary(&outcome, args.format)?;
-    if outcome.summary.interrupted {
-        anyhow::bail!(
-            "interrupted: {} shards committed; run the same command again to continue",
-            outcome.summary.shards_written.len()
-        );
-    }
-    Ok(())
+    check_complete(&outcome)
 }

@@ -5,17 +5,15 @@ mod datasets;
 mod filter;
 mod ingest;
 mod model;
-mod pending;
+mod pipeline;
 mod plot;
 mod runs;
 mod schedule;
 mod serve;
 mod train;
 
-use clap::Subcommand;
+use clap::{Args, FromArgMatches, Subcommand};
 use std::path::PathBuf;
-
-pub use pending::NotBuilt;
 
 /// What every command gets from the global flags.
 pub struct Context {
@@ -52,7 +50,7 @@ pub enum Command {
     /// Score captions with the momentum model and make a filtered dataset version
     Filter(filter::FilterArgs),
     /// Run the whole pipeline from one config
-    Pipeline(pending::Pending),
+    Pipeline(pipeline::PipelineArgs),
     /// Manage scheduled ingestion
     Schedule(schedule::ScheduleArgs),
     /// Run scheduler workers that claim and run due ingestion jobs
@@ -74,7 +72,7 @@ impl Command {
             Command::Train(args) => args.run(ctx).await,
             Command::Eval(args) => args.run(ctx).await,
             Command::Filter(args) => filter::run(args, ctx).await,
-            Command::Pipeline(_) => pending::not_built("pipeline", 7),
+            Command::Pipeline(args) => args.run(ctx).await,
             Command::Schedule(args) => args.run(ctx).await,
             Command::Scheduler(args) => args.run(ctx).await,
             Command::Serve(args) => args.run(ctx).await,
@@ -83,11 +81,16 @@ impl Command {
     }
 }
 
-/// The process exit status for an error: 2 for a command that is not built yet, 1 otherwise.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<NotBuilt>().is_some() {
-        2
-    } else {
-        1
-    }
+/// Parses a command's flags from a list, with the same defaults, environment variables and checks
+/// as on the command line: how the pipeline's stages call the commands' code.
+pub fn parse_flags<T: Args + FromArgMatches>(
+    command: &'static str,
+    flags: &[String],
+) -> anyhow::Result<T> {
+    let cli = T::augment_args(clap::Command::new(command).no_binary_name(true));
+    let matches = cli
+        .try_get_matches_from(flags)
+        .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))?;
+    T::from_arg_matches(&matches)
+        .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))
 }

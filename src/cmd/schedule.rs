@@ -9,7 +9,7 @@ use albef_ingest::schedule_worker::{self, IngestJob, JobDecoder, SchedulerOption
 use albef_registry::cron::format_utc;
 use albef_registry::Registry;
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,19 +78,9 @@ struct AddArgs {
     ingest: Vec<String>,
 }
 
-/// How a job's stored flags are parsed: exactly as `albef ingest` parses its own.
-#[derive(Parser)]
-#[command(name = "albef ingest")]
-struct IngestFlags {
-    #[command(flatten)]
-    args: IngestArgs,
-}
-
+/// A job's stored flags, parsed exactly as `albef ingest` parses its own.
 fn parse_ingest_flags(argv: &[String]) -> Result<IngestArgs> {
-    let args = std::iter::once("albef ingest".to_string()).chain(argv.iter().cloned());
-    IngestFlags::try_parse_from(args)
-        .map(|f| f.args)
-        .map_err(|e| anyhow::anyhow!("invalid ingest flags {argv:?}: {}", e.render()))
+    super::parse_flags("albef ingest", argv)
 }
 
 /// The `albef ingest` flags a job's parameters hold.

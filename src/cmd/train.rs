@@ -12,6 +12,7 @@ use albef_train::trainer::{self, Ending, Tracking, TrainJob};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,10 +112,78 @@ struct Plan {
     tags: Vec<(String, String)>,
 }
 
+/// What a training invocation ended with.
+pub(super) struct Trained {
+    pub run: i64,
+    pub status: RunStatus,
+    pub step: i64,
+    /// The last checkpoint: registry id and model file.
+    pub checkpoint: i64,
+    pub checkpoint_path: PathBuf,
+    /// Metrics of the last step and of the final held-out evaluation.
+    pub metrics: BTreeMap<String, f64>,
+}
+
 impl TrainArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
         let registry = Registry::connect(&ctx.registry_url).await?;
-        let mut plan = self.plan(&registry).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::warn!("Ctrl-C: writing a checkpoint and stopping");
+                    stop.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+        let trained = self.execute(&registry, &ctx.home, stop, |_| Ok(())).await?;
+        let Trained {
+            run,
+            status,
+            step,
+            checkpoint,
+            checkpoint_path: path,
+            metrics,
+        } = trained;
+        match self.format {
+            Format::Json => {
+                print_json(
+                    &json!({"run": run, "checkpoint": checkpoint, "checkpoint_path": path, "status": status, "step": step}),
+                )?;
+            }
+            format => {
+                let mut table =
+                    Table::new(["run", "status", "step", "checkpoint", "checkpoint_path"]);
+                table.push(vec![
+                    json!(run),
+                    json!(status),
+                    json!(step),
+                    json!(checkpoint),
+                    json!(path),
+                ]);
+                table.print(format)?;
+                let mut table = Table::new(["metric", "value"]);
+                for (k, v) in &metrics {
+                    table.push(vec![json!(k), json!(v)]);
+                }
+                table.print(format)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the run in the registry (`on_run` is told its id before the first step), trains
+    /// until the planned steps or until `stop` is set (a checkpoint is written first, status
+    /// KILLED), and records the ending. Used by `albef train` and the pipeline's train stages.
+    pub(super) async fn execute(
+        &self,
+        registry: &Registry,
+        home: &Path,
+        stop: Arc<AtomicBool>,
+        on_run: impl FnOnce(i64) -> Result<()>,
+    ) -> Result<Trained> {
+        let mut plan = self.plan(registry).await?;
         if let Some(device) = &self.device {
             plan.config.train.device = device.clone();
         }
@@ -149,17 +218,8 @@ impl TrainArgs {
         plan.tags
             .push(("device".into(), plan.config.train.device.clone()));
         registry.set_tags(run, &plan.tags).await?;
+        on_run(run)?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("Ctrl-C: writing a checkpoint and stopping");
-                    stop.store(true, Ordering::SeqCst);
-                }
-            });
-        }
         let job = TrainJob {
             checkpoint_every: self
                 .checkpoint_every
@@ -176,7 +236,7 @@ impl TrainArgs {
             k_test: self.k_test,
             workers: self.workers,
             tokenizer: self.tokenizer.clone(),
-            checkpoint_dir: ctx.home.join("checkpoints").join(format!("run-{run}")),
+            checkpoint_dir: home.join("checkpoints").join(format!("run-{run}")),
             resume: plan.resume,
             progress: std::io::stderr().is_terminal(),
         };
@@ -205,32 +265,15 @@ impl TrainArgs {
             Ending::Stopped => RunStatus::Killed,
         };
         registry.finish_run(run, status).await?;
-        let (checkpoint, path) = &outcome.checkpoint;
-        match self.format {
-            Format::Json => {
-                print_json(
-                    &json!({"run": run, "checkpoint": checkpoint, "checkpoint_path": path, "status": status, "step": outcome.step}),
-                )?;
-            }
-            format => {
-                let mut table =
-                    Table::new(["run", "status", "step", "checkpoint", "checkpoint_path"]);
-                table.push(vec![
-                    json!(run),
-                    json!(status),
-                    json!(outcome.step),
-                    json!(checkpoint),
-                    json!(path),
-                ]);
-                table.print(format)?;
-                let mut metrics = Table::new(["metric", "value"]);
-                for (k, v) in &outcome.metrics {
-                    metrics.push(vec![json!(k), json!(v)]);
-                }
-                metrics.print(format)?;
-            }
-        }
-        Ok(())
+        let (checkpoint, checkpoint_path) = outcome.checkpoint;
+        Ok(Trained {
+            run,
+            status,
+            step: outcome.step,
+            checkpoint,
+            checkpoint_path,
+            metrics: outcome.metrics,
+        })
     }
 
     /// A fresh run from --config and --dataset, or the continuation of --resume RUN.
