@@ -38,7 +38,6 @@ fn config(list: &std::path::Path, out: &std::path::Path) -> IngestConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails in CI: a row expected as success comes back without its jpg; open in issue 3"]
 async fn every_scenario_gets_its_status() {
     let base = photo(1, 400, 300);
     let mut routes = HashMap::new();
@@ -138,6 +137,9 @@ async fn every_scenario_gets_its_status() {
             "Été à Zürich, 東京 🌸".into(),
             Status::Duplicate,
         ),
+        // Rows 6..=9 show one picture four ways. They are fetched concurrently and the first to
+        // finish processing becomes the kept copy, so which one that is is not defined; their
+        // expected statuses are checked as a group below (exactly one success).
         (server.url("/base.jpg"), "base".into(), Status::Success),
         (
             server.url("/copy-of-base"),
@@ -237,32 +239,66 @@ async fn every_scenario_gets_its_status() {
         .iter()
         .map(|r| (r.extra[0].clone().unwrap(), r))
         .collect();
+    let row = |i: usize| by_note[&format!("n{i}")];
+    let same_picture = 6..=9;
+    let kept: Vec<usize> = same_picture
+        .clone()
+        .filter(|&i| row(i).status == Some(Status::Success))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "exactly one of the four copies of one picture is kept: {:?}",
+        same_picture
+            .clone()
+            .map(|i| (&row(i).url, row(i).status, &row(i).error_message))
+            .collect::<Vec<_>>()
+    );
+    let kept = kept[0];
     let mut wrong = Vec::new();
-    for (i, (url, _, want)) in rows.iter().enumerate() {
+    for (i, (url, _, listed)) in rows.iter().enumerate() {
         let row = by_note[&format!("n{i}")];
         assert_eq!(&row.url, url);
-        if row.status != Some(*want) {
+        let want = match i {
+            _ if i == kept => Status::Success,
+            _ if same_picture.contains(&i) => Status::Duplicate,
+            _ => *listed,
+        };
+        if row.status != Some(want) {
             wrong.push(format!(
                 "{url}: got {:?} ({:?}), want {want:?}",
                 row.status, row.error_message
             ));
         }
-        assert_eq!(
-            row.jpg.is_some(),
-            *want == Status::Success,
-            "{url}: jpg only on success"
-        );
+        if row.jpg.is_some() != (want == Status::Success) {
+            wrong.push(format!(
+                "{url}: jpg present {}, but jpg comes with success only",
+                row.jpg.is_some()
+            ));
+        }
     }
-    assert!(wrong.is_empty(), "wrong statuses:\n{}", wrong.join("\n"));
+    assert!(wrong.is_empty(), "wrong rows:\n{}", wrong.join("\n"));
 
-    let row = |i: usize| by_note[&format!("n{i}")];
     assert_eq!(row(0).text, "été à zürich 東京 🌸");
     assert_eq!(row(2).text.split(' ').count(), 30);
     assert_eq!(row(1).text, "");
     assert_eq!(row(4).dup_of.as_deref(), Some(row(3).key.as_str()));
-    assert_eq!(row(7).dup_of.as_deref(), Some(row(6).key.as_str()));
-    assert_eq!(row(8).dup_of.as_deref(), Some(row(6).key.as_str()));
-    assert_eq!(row(9).dup_of.as_deref(), Some(row(6).key.as_str()));
+    // Every other copy names the kept one, as an exact (same bytes) or a near duplicate.
+    for i in same_picture.filter(|&i| i != kept) {
+        assert_eq!(
+            row(i).dup_of.as_deref(),
+            Some(row(kept).key.as_str()),
+            "{}: {:?}",
+            row(i).url,
+            row(i).error_message
+        );
+    }
+    let exact_pair = [6, 7];
+    let how = |i: usize| row(i).error_message.clone().unwrap_or_default();
+    if exact_pair.contains(&kept) {
+        let other = exact_pair[usize::from(kept == 6)];
+        assert!(how(other).starts_with("same bytes as"), "{}", how(other));
+    }
     assert_eq!(row(11).http_status, Some(200));
     assert_eq!(row(21).http_status, Some(404));
     let ok = row(0);
