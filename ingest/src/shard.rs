@@ -199,6 +199,34 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Removes the temporary files of `paths` (in `dir`) that a killed run left behind. Only the
+/// one writer of those paths may call it (a shard belongs to one worker at a time).
+fn remove_stale_tmp(dir: &Path, paths: &[&Path]) -> Result<()> {
+    let prefixes: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            format!(
+                "{}.tmp-",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
+        .collect();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        if prefixes
+            .iter()
+            .any(|p| name.to_string_lossy().starts_with(p.as_str()))
+        {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn commit_tmp(tmp: &Path, path: &Path) -> Result<()> {
     std::fs::rename(tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
@@ -230,6 +258,8 @@ pub struct ShardWriter {
 impl ShardWriter {
     pub fn create(dir: &Path, shard: u64, extra: &[String]) -> Result<ShardWriter> {
         let path = parquet_path(dir, shard);
+        let stats = stats_path(dir, shard);
+        remove_stale_tmp(dir, &[&path, &stats])?;
         let tmp = tmp_path(&path);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -245,7 +275,7 @@ impl ShardWriter {
         Ok(ShardWriter {
             path,
             tmp,
-            stats: stats_path(dir, shard),
+            stats,
             schema,
             writer: Some(writer),
             pending: Vec::with_capacity(BATCH_ROWS),

@@ -81,6 +81,8 @@ pub enum Reply {
     Stall(usize),
     /// Answers in turn, the last one repeated.
     Sequence(Vec<Reply>),
+    /// Waits this many milliseconds after reading the request, then answers (not a sequence).
+    Delayed(u64, Box<Reply>),
 }
 
 pub fn ok(body: Vec<u8>, content_type: &str) -> Reply {
@@ -151,6 +153,10 @@ pub async fn serve(routes: HashMap<String, Reply>) -> Server {
                 if let Reply::Sequence(seq) = reply {
                     reply = seq[n.min(seq.len() - 1)].clone();
                 }
+                if let Reply::Delayed(ms, inner) = reply {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    reply = *inner;
+                }
                 match reply {
                     Reply::Full(code, headers, body) => {
                         let mut head = format!(
@@ -169,7 +175,9 @@ pub async fn serve(routes: HashMap<String, Reply>) -> Server {
                         let _ = sock.write_all(head.as_bytes()).await;
                         tokio::time::sleep(Duration::from_secs(60)).await;
                     }
-                    Reply::Sequence(_) => unreachable!("sequences are resolved above"),
+                    Reply::Sequence(_) | Reply::Delayed(..) => {
+                        unreachable!("sequences and delays are resolved above")
+                    }
                 }
                 let _ = sock.shutdown().await;
             });
