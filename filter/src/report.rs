@@ -2,12 +2,16 @@
 //! every score (as JSON in the version's stats and as `scores.svg`), the kept fraction, and a
 //! contact sheet of the lowest- and highest-scored pairs (`contact_sheet.html` with the
 //! pictures embedded as data URIs, `contact_sheet.png` a grid of thumbnails: top row lowest,
-//! bottom row highest).
-use crate::score::{PairScores, ScoreName};
-use anyhow::{Context, Result};
+//! bottom row highest). Where the input list carried ground truth (the synthetic corpus's
+//! `clean` column), [`label_auc`] measures how well each score detects it.
+use crate::score::{PairScores, ScoreName, SCORE_COLUMNS};
+use albef_ingest::shard;
+use anyhow::{bail, Context, Result};
+use arrow_array::{Array, Float32Array};
 use base64::Engine;
 use image::{imageops, RgbImage};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -159,6 +163,125 @@ pub fn write_contact_sheet(dir: &Path, lowest: &[SheetPair], highest: &[SheetPai
     crate::write_file(&dir.join("contact_sheet.png"), &png)
 }
 
+/// The area under the ROC curve of `scores` as a detector of `positive`: the probability that
+/// a random positive scores above a random negative, a tie counting one half (the
+/// Mann-Whitney U statistic over `positives * negatives`, from average ranks). 1 is a perfect
+/// ranking, 0.5 chance.
+pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Result<f64> {
+    if scores.len() != positive.len() {
+        bail!(
+            "ROC-AUC of {} scores against {} labels: the lengths must agree",
+            scores.len(),
+            positive.len()
+        );
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        bail!("ROC-AUC: score {i} is {}, not a finite number", scores[i]);
+    }
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        bail!("ROC-AUC needs positives and negatives, got {n_pos} positives and {n_neg} negatives");
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Sum of the (1-based, tie-averaged) ranks of the positives.
+    let mut rank_sum = 0.0f64;
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && scores[order[end]] == scores[order[start]] {
+            end += 1;
+        }
+        let mean_rank = (start + 1 + end) as f64 / 2.0;
+        let tied_pos = order[start..end].iter().filter(|&&i| positive[i]).count();
+        rank_sum += mean_rank * tied_pos as f64;
+        start = end;
+    }
+    let (p, n) = (n_pos as f64, n_neg as f64);
+    Ok((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
+}
+
+/// How well each score of a filter run's output detects a ground-truth label.
+#[derive(Debug, Serialize)]
+pub struct LabelAuc {
+    /// The label column (`1`/`0` or `true`/`false` strings, kept from the input list).
+    pub label: String,
+    /// Scored rows (rows that were not scored have null scores and are left out).
+    pub rows: u64,
+    pub positives: u64,
+    /// ROC-AUC by score column, for "the label is 1".
+    pub auc: BTreeMap<&'static str, f64>,
+}
+
+/// The ROC-AUC of every score column of the filter output in `dir` (as written by [`crate::run`])
+/// for the label column `label`, over the scored rows.
+pub fn label_auc(dir: &Path, label: &str) -> Result<LabelAuc> {
+    let shards = shard::complete_shards(dir)?;
+    if shards.is_empty() {
+        bail!("{} holds no complete shards", dir.display());
+    }
+    let mut columns: Vec<&str> = vec![shard::KEY, label];
+    columns.extend(SCORE_COLUMNS);
+    let mut labels: Vec<bool> = Vec::new();
+    let mut scores: [Vec<f32>; 4] = Default::default();
+    for i in shards {
+        let path = shard::parquet_path(dir, i);
+        for batch in shard::read_batches(&path, None, Some(&columns)).with_context(|| {
+            format!(
+                "{} is not a filter output with a {label:?} column",
+                dir.display()
+            )
+        })? {
+            let batch = batch?;
+            let keys = shard::string_col(&batch, shard::KEY)?;
+            let truth = shard::string_col(&batch, label)
+                .with_context(|| format!("reading the label column of {}", path.display()))?;
+            let cols = SCORE_COLUMNS
+                .iter()
+                .map(|&c| {
+                    batch
+                        .column_by_name(c)
+                        .and_then(|a| a.as_any().downcast_ref::<Float32Array>())
+                        .with_context(|| format!("{}: {c:?} is not a float column", path.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for r in 0..batch.num_rows() {
+                if cols[0].is_null(r) {
+                    continue;
+                }
+                let value = truth.is_valid(r).then(|| truth.value(r));
+                labels.push(match value {
+                    Some("1") | Some("true") => true,
+                    Some("0") | Some("false") => false,
+                    other => bail!(
+                        "{} row {:?}: label {label:?} is {other:?}, expected 1, 0, true or false",
+                        path.display(),
+                        keys.value(r)
+                    ),
+                });
+                for (dst, col) in scores.iter_mut().zip(&cols) {
+                    dst.push(col.value(r));
+                }
+            }
+        }
+    }
+    let mut auc = BTreeMap::new();
+    for (name, values) in SCORE_COLUMNS.into_iter().zip(&scores) {
+        auc.insert(
+            name,
+            roc_auc(values, &labels)
+                .with_context(|| format!("ROC-AUC of {name} in {}", dir.display()))?,
+        );
+    }
+    Ok(LabelAuc {
+        label: label.to_string(),
+        rows: labels.len() as u64,
+        positives: labels.iter().filter(|&&l| l).count() as u64,
+        auc,
+    })
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -182,5 +305,49 @@ mod tests {
         assert_eq!(h.counts[10], 1);
         assert_eq!(h.counts[BINS - 1], 1);
         assert_eq!(h.edges.len(), BINS + 1);
+    }
+
+    #[test]
+    fn roc_auc_is_the_share_of_correctly_ordered_pairs() {
+        // Perfect, reversed, and one of four positive-negative pairs out of order.
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]).unwrap(),
+            1.0
+        );
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.8, 0.9], &[true, true, false, false]).unwrap(),
+            0.0
+        );
+        assert_eq!(
+            roc_auc(&[0.1, 0.5, 0.4, 0.9], &[false, true, false, true]).unwrap(),
+            1.0
+        );
+        assert_eq!(
+            roc_auc(&[0.1, 0.3, 0.4, 0.9], &[false, true, false, true]).unwrap(),
+            0.75
+        );
+        // Ties count one half: everything tied is chance.
+        assert_eq!(
+            roc_auc(&[0.5; 4], &[false, true, false, true]).unwrap(),
+            0.5
+        );
+        // One positive tied with one of two negatives: (1 + 0.5) / 2.
+        assert_eq!(
+            roc_auc(&[0.2, 0.7, 0.7], &[false, false, true]).unwrap(),
+            0.75
+        );
+        // The order of the rows does not matter.
+        assert_eq!(
+            roc_auc(&[0.9, 0.4, 0.3, 0.1], &[true, false, true, false]).unwrap(),
+            0.75
+        );
+    }
+
+    #[test]
+    fn roc_auc_refuses_what_it_cannot_rank() {
+        assert!(roc_auc(&[0.1, 0.2], &[true]).is_err());
+        assert!(roc_auc(&[0.1, 0.2], &[true, true]).is_err());
+        assert!(roc_auc(&[0.1, 0.2], &[false, false]).is_err());
+        assert!(roc_auc(&[0.1, f32::NAN], &[false, true]).is_err());
     }
 }
