@@ -1,26 +1,78 @@
 //! `albef pipeline` end to end on an embedded SQLite registry in a temporary ALBEF_HOME, with a
-//! tiny config (300 pictures, 20 steps of 8 pairs): the summary's counts agree with the corpus
-//! and the registry (lineage of the filtered version, the promoted alias, the promotion event),
-//! a rerun skips every stage and reports the same outputs, and `--from promote` reruns only the
-//! promotion (the checkpoint already holds the alias, so nothing moves).
+//! tiny config (300 pictures, 20 steps of 8 pairs). The first invocation is interrupted by SIGINT
+//! in the first train stage (a checkpoint, an error naming the stage); the second resumes that
+//! run and finishes: the summary's counts agree with the corpus and the registry (lineage of the
+//! filtered version, the promoted alias, the promotion event). A third skips every stage and
+//! reports the same outputs, `--from promote` reruns only the promotion (the checkpoint already
+//! holds the alias, so nothing moves), and an edited config is refused.
 use albef_registry::Registry;
 use serde_json::Value;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const STEPS: i64 = 20;
 
-fn pipeline(home: &Path, config: &Path, extra: &[&str]) -> (Value, String) {
+fn albef(home: &Path, config: &Path) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_albef"))
-        .current_dir(root)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_albef"));
+    cmd.current_dir(root)
         .env("ALBEF_HOME", home)
         .env("ALBEF_TOKENIZER", root.join("assets/tokenizer.json"))
         .env_remove("ALBEF_REGISTRY_URL")
         .env("RUST_LOG", "info")
-        .args(["pipeline", "--config"])
+        .args(["--log-format", "json", "pipeline", "--config"])
         .arg(config)
-        .args(["--format", "json"])
+        .args(["--format", "json"]);
+    cmd
+}
+
+/// Starts the pipeline and sends it SIGINT once the first train stage is past `step` (after
+/// its first checkpoint); returns its stderr and whether it failed.
+fn interrupted(home: &Path, config: &Path, step: i64) -> (String, bool) {
+    let mut child = albef(home, config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the albef binary starts");
+    // Read stderr on a thread until the end, so that the child never writes to a closed pipe.
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("no progress:\n{log}"));
+        log.push_str(&line);
+        log.push('\n');
+        let at = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["fields"]["step"].as_i64());
+        if at.is_some_and(|s| s > step) {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    reader
+        .join()
+        .expect("the stderr reader ends with the child");
+    log.extend(lines.try_iter().map(|l| l + "\n"));
+    (log, !status.success())
+}
+
+fn pipeline(home: &Path, config: &Path, extra: &[&str]) -> (Value, String) {
+    let out = albef(home, config)
         .args(extra)
         .output()
         .expect("the albef binary starts");
@@ -83,6 +135,15 @@ min_r1_t2i = 0.0
     )
     .unwrap();
 
+    // Interrupted after the first checkpoint (step 10) of the first train stage.
+    let (log, failed) = interrupted(&home, &config, 11);
+    assert!(failed, "an interrupted pipeline fails:\n{log}");
+    assert!(
+        log.contains("stage train-raw failed") && log.contains("run the pipeline again"),
+        "the error names the stage and the way on:\n{log}"
+    );
+
+    // The rerun skips the finished stages and resumes the run from its checkpoint.
     let (first, log) = pipeline(&home, &config, &[]);
     let stages = [
         "corpus",
@@ -96,11 +157,16 @@ min_r1_t2i = 0.0
         statuses(&first),
         stages
             .iter()
-            .map(|s| (s.to_string(), "ran".to_string()))
+            .enumerate()
+            .map(|(i, s)| (
+                s.to_string(),
+                if i < 2 { "skipped" } else { "ran" }.to_string()
+            ))
             .collect::<Vec<_>>(),
         "{log}"
     );
-    for (i, s) in stages.iter().enumerate() {
+    assert!(log.contains("resuming run 1 from checkpoint"), "{log}");
+    for (i, s) in stages.iter().enumerate().skip(2) {
         assert!(
             log.contains(&format!("[{}/6] {s} done in", i + 1)),
             "a progress line for {s}:\n{log}"
@@ -190,6 +256,12 @@ min_r1_t2i = 0.0
         assert_eq!(run.experiment, "pipeline-tiny");
         assert_eq!(run.status.as_str(), "FINISHED");
     }
+    assert_eq!(
+        rt.block_on(reg.run(1)).unwrap().status.as_str(),
+        "KILLED",
+        "the interrupted run"
+    );
+    assert_eq!(first["train_raw"]["run"], 2, "the continuation of run 1");
 
     // A rerun finds every stage's outputs and skips it.
     let (second, log) = pipeline(&home, &config, &[]);

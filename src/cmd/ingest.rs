@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -275,17 +275,7 @@ pub async fn run(args: IngestArgs, ctx: super::Context) -> Result<()> {
     let reg = Registry::connect(&ctx.registry_url)
         .await
         .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: finishing the rows in flight and committing complete shards (Ctrl-C again to abort)");
-            flag.store(true, Ordering::Relaxed);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
+    let stop = super::stop_on_ctrl_c("finishing the rows in flight and committing complete shards");
     let outcome = ingest_dataset(&reg, &args, stop).await?;
     print_summary(&outcome, args.format)?;
     check_complete(&outcome)

@@ -14,6 +14,8 @@ mod train;
 
 use clap::{Args, FromArgMatches, Subcommand};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// What every command gets from the global flags.
 pub struct Context {
@@ -93,4 +95,21 @@ pub fn parse_flags<T: Args + FromArgMatches>(
         .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))?;
     T::from_arg_matches(&matches)
         .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))
+}
+
+/// A flag that the first Ctrl-C sets, after logging `what` the command does now (it stops at its
+/// next safe point); a second Ctrl-C exits at once with status 130.
+pub fn stop_on_ctrl_c(what: &'static str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("Ctrl-C: {what} (Ctrl-C again aborts)");
+            flag.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    stop
 }

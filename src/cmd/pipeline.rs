@@ -334,19 +334,9 @@ impl PipelineArgs {
         let reg = Registry::connect(&ctx.registry_url)
             .await
             .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("Ctrl-C: stopping at the current stage's next safe point (a checkpoint, complete shards); Ctrl-C again aborts");
-                    stop.store(true, Ordering::SeqCst);
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(130);
-                    }
-                }
-            });
-        }
+        let stop = super::stop_on_ctrl_c(
+            "stopping at the current stage's next safe point (a checkpoint, complete shards)",
+        );
         let mut pipeline = Pipeline {
             cfg,
             ctx: &ctx,

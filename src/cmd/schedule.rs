@@ -11,7 +11,6 @@ use albef_registry::Registry;
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,14 +258,7 @@ impl SchedulerArgs {
             lock_wait: a.lock_wait_secs.map_or(2 * lease, Duration::from_secs),
             owner: a.owner.unwrap_or_else(albef_registry::process_owner),
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping after the jobs in flight commit their shards");
-                flag.store(true, Ordering::Relaxed);
-            }
-        });
+        let stop = super::stop_on_ctrl_c("stopping after the jobs in flight commit their shards");
         let decode: JobDecoder = Arc::new(decode_job);
         eprintln!(
             "albef scheduler: {} worker(s) as {} on the {} registry",

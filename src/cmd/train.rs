@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Args)]
@@ -127,16 +127,7 @@ pub(super) struct Trained {
 impl TrainArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
         let registry = Registry::connect(&ctx.registry_url).await?;
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::warn!("Ctrl-C: writing a checkpoint and stopping");
-                    stop.store(true, Ordering::SeqCst);
-                }
-            });
-        }
+        let stop = super::stop_on_ctrl_c("writing a checkpoint and stopping");
         let trained = self.execute(&registry, &ctx.home, stop, |_| Ok(())).await?;
         let Trained {
             run,
