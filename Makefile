@@ -37,6 +37,9 @@ BUILD_PKGS := cmake nasm
 TEST_PKGS := chromium chromedriver
 sysdeps:
 	@$(MAKE) -s install-missing CMDS="$(BUILD_PKGS)"
+	@# A font for the labels of `albef runs plot --out FILE.png` (drawn without text when missing).
+	@[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { echo "installing Debian packages: fonts-dejavu-core"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null; }
 test-sysdeps:
 	@$(MAKE) -s install-missing CMDS="$(TEST_PKGS)"
 # Installs the Debian package of each command in CMDS that is not on PATH (chromedriver comes in chromium-driver).

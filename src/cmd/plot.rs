@@ -1,7 +1,7 @@
-//! `albef runs plot RUN... --metric NAME --out FILE.svg`: a metric of several runs against step,
-//! drawn as a standalone SVG for people at a terminal (open it in a browser, or convert it with
-//! any SVG tool). PNG is refused with a clear message: a raster backend would add a font stack
-//! to the build for little gain over SVG.
+//! `albef runs plot RUN... --metric NAME --out FILE.svg|FILE.png`: a metric of several runs
+//! against step for people at a terminal, drawn as a standalone SVG; for a .png file that SVG is
+//! rasterised with resvg at the same size, its labels set in a system font (none found: the
+//! picture is drawn without text and a warning says so).
 use albef_registry::{MetricPoint, Registry};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -22,7 +22,7 @@ pub struct PlotArgs {
     /// The metric key, e.g. loss or loss_itc
     #[arg(long)]
     metric: String,
-    /// Output file; must end in .svg
+    /// Output file, ending in .svg or .png
     #[arg(long)]
     out: PathBuf,
     /// EMA smoothing weight in [0, 1), as TensorBoard's slider (0 draws the raw values)
@@ -38,24 +38,20 @@ pub struct PlotArgs {
 
 impl PlotArgs {
     pub async fn run(self, reg: &Registry) -> Result<()> {
-        match self
+        let png = match self
             .out
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            Some("svg") => {}
-            Some("png") => bail!(
-                "--out {}: PNG output is not supported yet; write an .svg file (a browser or \
-                 `rsvg-convert -o plot.png plot.svg` turns it into PNG)",
-                self.out.display()
-            ),
+            Some("svg") => false,
+            Some("png") => true,
             _ => bail!(
-                "--out {}: expected a file name ending in .svg",
+                "--out {}: expected a file name ending in .svg or .png",
                 self.out.display()
             ),
-        }
+        };
         if !(0.0..1.0).contains(&self.smooth) {
             bail!("--smooth {}: expected a weight in [0, 1)", self.smooth);
         }
@@ -78,7 +74,12 @@ impl PlotArgs {
             series.push((format!("{id} {}", run.name), ema(&points, self.smooth)));
         }
         let svg = render(&self.metric, &series, self.width as f64, self.height as f64);
-        std::fs::write(&self.out, svg)
+        let bytes = if png {
+            rasterize(&svg)?
+        } else {
+            svg.into_bytes()
+        };
+        std::fs::write(&self.out, bytes)
             .with_context(|| format!("cannot write {}", self.out.display()))?;
         let points: usize = series.iter().map(|(_, p)| p.len()).sum();
         println!(
@@ -89,6 +90,52 @@ impl PlotArgs {
         );
         Ok(())
     }
+}
+
+/// The SVG as PNG bytes, at the SVG's own size. The labels need a system font; when there is
+/// none, the picture is drawn without text and a warning says so.
+fn rasterize(svg: &str) -> Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    let mut options = usvg::Options::default();
+    let fonts = options.fontdb_mut();
+    fonts.load_system_fonts();
+    match sans_serif(fonts) {
+        Some(family) => fonts.set_sans_serif_family(family),
+        None => tracing::warn!(
+            "no system font found: the PNG is drawn without its labels (install one, e.g. \
+             Debian's fonts-dejavu-core, or write an .svg)"
+        ),
+    }
+    let tree = usvg::Tree::from_str(svg, &options).context("parsing the plot's SVG")?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).with_context(|| {
+        format!(
+            "cannot allocate a {}x{} picture",
+            size.width(),
+            size.height()
+        )
+    })?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    pixmap.encode_png().context("encoding the PNG")
+}
+
+/// The family to draw `sans-serif` text in: a common sans-serif face if installed, else any.
+fn sans_serif(fonts: &resvg::usvg::fontdb::Database) -> Option<String> {
+    let families: Vec<&str> = fonts
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    [
+        "DejaVu Sans",
+        "Liberation Sans",
+        "Noto Sans",
+        "Arial",
+        "Helvetica",
+    ]
+    .into_iter()
+    .find(|want| families.contains(want))
+    .or(families.first().copied())
+    .map(str::to_string)
 }
 
 /// TensorBoard's debiased exponential moving average (weight 0 returns the values unchanged).
@@ -286,5 +333,32 @@ mod tests {
         );
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("loss&lt;x&gt; by step") && svg.ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn png_has_the_requested_size_and_the_lines() {
+        let p: Vec<MetricPoint> = (0..50)
+            .map(|i| MetricPoint {
+                step: i,
+                value: 1.0 / (1.0 + i as f64),
+            })
+            .collect();
+        let svg = render("loss", &[("1 a".into(), p)], 640.0, 360.0);
+        let bytes = rasterize(&svg).unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (640, 360));
+        assert_eq!(info.color_type, png::ColorType::Rgba);
+        let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(4).collect();
+        // The first run's colour (#2f6fde) is where its line is drawn.
+        let line = pixels
+            .iter()
+            .filter(|p| p[0] < 0x50 && (0x60..0x80).contains(&p[1]) && p[2] > 0xc0)
+            .count();
+        assert!(line > 300, "{line} pixels of the line");
+        assert!(pixels.iter().all(|p| p[3] == 255), "opaque background");
     }
 }

@@ -36,7 +36,7 @@ enum RunsCommand {
         #[arg(required = true, num_args = 2..)]
         runs: Vec<i64>,
     },
-    /// Draw a metric of one or more runs against step into an SVG file
+    /// Draw a metric of one or more runs against step into an SVG or PNG file
     Plot(super::plot::PlotArgs),
     /// Find runs with the filter language, e.g. "min(metrics.loss) < 2 OR params.lr IN ('0.5')"
     Search {
