@@ -2,8 +2,11 @@
 //! targets, the momentum update, the queue, hard negatives, MLM masking, and where gradients
 //! flow. Runs on the micro config of the parity fixtures.
 use albef_train::config::{check_queue, Config};
-use albef_train::model::losses::{mask_tokens, sample_negatives, soft_cross_entropy, soft_targets};
-use albef_train::model::{probe, Albef};
+use albef_train::model::albef::UNKNOWN_IMAGE;
+use albef_train::model::losses::{
+    mask_tokens, positive_targets, same_image, sample_negatives, soft_cross_entropy, soft_targets,
+};
+use albef_train::model::{probe, Albef, Negatives};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -23,13 +26,15 @@ fn alpha_zero_gives_plain_info_nce() {
     tch::manual_seed(0);
     let sim = Tensor::randn([6, 6 + 12], (Kind::Float, Device::Cpu)) * 5.0;
     let teacher = Tensor::randn([6, 6 + 12], (Kind::Float, Device::Cpu)) * 5.0;
-    let ours = soft_cross_entropy(&sim, &soft_targets(&teacher, 0.0)).double_value(&[]);
+    let diagonal = Tensor::eye_m(6, 6 + 12, (Kind::Float, Device::Cpu));
+    let ours = soft_cross_entropy(&sim, &soft_targets(&teacher, &diagonal, 0.0)).double_value(&[]);
     let info_nce = sim
         .cross_entropy_for_logits(&Tensor::arange(6, (Kind::Int64, Device::Cpu)))
         .double_value(&[]);
     assert!((ours - info_nce).abs() < 1e-5, "{ours} vs {info_nce}");
     // With alpha > 0 the teacher matters.
-    let distilled = soft_cross_entropy(&sim, &soft_targets(&teacher, 0.4)).double_value(&[]);
+    let distilled =
+        soft_cross_entropy(&sim, &soft_targets(&teacher, &diagonal, 0.4)).double_value(&[]);
     assert!((distilled - info_nce).abs() > 1e-3);
 }
 
@@ -37,7 +42,8 @@ fn alpha_zero_gives_plain_info_nce() {
 fn soft_targets_sum_to_one_and_keep_the_diagonal_weight() {
     tch::manual_seed(1);
     let sim = Tensor::randn([8, 8 + 32], (Kind::Float, Device::Cpu)) * 10.0;
-    let t = soft_targets(&sim, 0.4);
+    let diagonal = Tensor::eye_m(8, 8 + 32, (Kind::Float, Device::Cpu));
+    let t = soft_targets(&sim, &diagonal, 0.4);
     let sums = t.sum_dim_intlist([1].as_slice(), false, Kind::Float);
     assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-6);
     let diag_min = t.narrow(1, 0, 8).diagonal(0, 0, 1).min().double_value(&[]);
@@ -74,10 +80,14 @@ fn queue_pointer_wraps_and_stores_the_features() {
             step as f64,
             (Kind::Float, Device::Cpu),
         );
-        model.enqueue(&feat, &feat).unwrap();
+        let idx = Tensor::full([bs], step as i64, (Kind::Int64, Device::Cpu));
+        model.enqueue(&feat, &feat, Some(&idx)).unwrap();
         let col = model.image_queue.narrow(1, ptr, bs);
         assert_eq!(col.min().double_value(&[]), step as f64);
         assert_eq!(col.max().double_value(&[]), step as f64);
+        let pictures = model.idx_queue.narrow(1, ptr, bs);
+        assert_eq!(pictures.min().int64_value(&[]), step as i64);
+        assert_eq!(pictures.max().int64_value(&[]), step as i64);
         ptr = (ptr + bs) % q;
         assert_eq!(model.queue_ptr.int64_value(&[0]), ptr);
     }
@@ -88,7 +98,7 @@ fn queue_pointer_wraps_and_stores_the_features() {
 fn a_queue_that_the_batch_does_not_divide_is_refused() {
     let (config, _vs, model) = model(5);
     let feat = Tensor::zeros([3, config.model.embed_dim], (Kind::Float, Device::Cpu));
-    let err = model.enqueue(&feat, &feat).unwrap_err().to_string();
+    let err = model.enqueue(&feat, &feat, None).unwrap_err().to_string();
     assert!(
         err.contains("queue_size 16 is not a multiple of the global batch 3"),
         "{err}"
@@ -109,7 +119,8 @@ fn sampled_negatives_never_equal_the_positive() {
         // Strongly diagonal similarities: the positive would be drawn almost always.
         let sim = Tensor::randn([bs, bs + 16], (Kind::Float, Device::Cpu))
             + Tensor::eye_m(bs, bs + 16, (Kind::Float, Device::Cpu)) * 30.0;
-        let neg = sample_negatives(&sim, &sim, bs);
+        let neg =
+            sample_negatives(&sim, &sim, &Tensor::eye(bs, (Kind::Bool, Device::Cpu))).unwrap();
         let rows = Tensor::arange(bs, (Kind::Int64, Device::Cpu));
         assert_eq!(
             neg.image_idx
@@ -126,6 +137,196 @@ fn sampled_negatives_never_equal_the_positive() {
             0
         );
     }
+}
+
+#[test]
+fn sampled_negatives_never_show_the_same_picture() {
+    tch::manual_seed(10);
+    let cpu = (Kind::Float, Device::Cpu);
+    // Three captions of picture 7, two of picture 3, one each of pictures 1, 2 and 5.
+    let ids = [7i64, 3, 7, 1, 3, 7, 2, 5];
+    let bs = ids.len() as i64;
+    let idx = Tensor::from_slice(&ids);
+    let same = same_image(&idx);
+    // Similarities that favour the other captions of the row's picture, and a queue part.
+    let favour = Tensor::cat(
+        &[
+            same.to_kind(Kind::Float) * 30.0,
+            Tensor::zeros([bs, 16], cpu),
+        ],
+        1,
+    );
+    let draws = |mask: &Tensor| {
+        let mut same_picture = 0;
+        let mut other_rows = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let sim = Tensor::randn([bs, bs + 16], cpu) + &favour;
+            let neg = sample_negatives(&sim, &sim, mask).unwrap();
+            for drawn in [&neg.image_idx, &neg.text_idx] {
+                let drawn = Vec::<i64>::try_from(drawn).unwrap();
+                for (b, &j) in drawn.iter().enumerate() {
+                    if ids[j as usize] == ids[b] {
+                        same_picture += 1;
+                    } else {
+                        other_rows.insert((b, j));
+                    }
+                }
+            }
+        }
+        (same_picture, other_rows.len())
+    };
+    let (same_picture, reached) = draws(&same);
+    assert_eq!(same_picture, 0, "a caption of the same picture was drawn");
+    // Every pair of another picture stays drawable: 8 rows x (8 - own picture's captions).
+    let allowed: usize = ids
+        .iter()
+        .map(|a| ids.iter().filter(|b| *b != a).count())
+        .sum();
+    assert_eq!(reached, allowed);
+    // Masking the diagonal alone (every pair its own picture) draws them nearly always.
+    let (same_picture, _) = draws(&Tensor::eye(bs, (Kind::Bool, Device::Cpu)));
+    assert!(same_picture > 1000, "{same_picture}");
+}
+
+#[test]
+fn a_batch_of_one_picture_has_no_hard_negative() {
+    let idx = Tensor::from_slice(&[4i64, 4, 4, 4]);
+    let sim = Tensor::randn([4, 4 + 16], (Kind::Float, Device::Cpu));
+    let err = sample_negatives(&sim, &sim, &same_image(&idx))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("pair 0 of the batch has no hard negative: all 4 pairs show its picture"),
+        "{err}"
+    );
+}
+
+#[test]
+fn itc_targets_spread_over_every_caption_of_the_picture() {
+    let idx = Tensor::from_slice(&[7i64, 3, 7, 1]);
+    let queue = Tensor::from_slice(&[7i64, UNKNOWN_IMAGE, 3, 9, 7, 2]).view([1, 6]);
+    let got = Vec::<Vec<f32>>::try_from(&positive_targets(&idx, &queue)).unwrap();
+    let (t, h, o) = (1.0 / 4.0, 1.0 / 2.0, 0.0);
+    let want: Vec<Vec<f32>> = vec![
+        vec![t, o, t, o, t, o, o, o, t, o],
+        vec![o, h, o, o, o, o, h, o, o, o],
+        vec![t, o, t, o, t, o, o, o, t, o],
+        vec![o, o, o, 1.0, o, o, o, o, o, o],
+    ];
+    assert_eq!(got, want);
+    // Distinct pictures against a queue of unknown ones: exactly the one-hot diagonal.
+    let distinct = Tensor::from_slice(&[5i64, 0, 2, 9]);
+    let unknown = Tensor::full([1, 6], UNKNOWN_IMAGE, (Kind::Int64, Device::Cpu));
+    let eye = Tensor::eye_m(4, 10, (Kind::Float, Device::Cpu));
+    assert!(positive_targets(&distinct, &unknown).equal(&eye));
+}
+
+#[test]
+fn distinct_pictures_give_the_pretraining_losses_bit_for_bit() {
+    let config = micro();
+    let bs = config.train.batch_size;
+    // Other captions and pixels every step (the same ones in every run), so that a queued
+    // picture's features differ from its features in the batch.
+    let batch_at = |step: i64| {
+        tch::manual_seed(50 + step);
+        let batch = probe::random_batch(&config, bs, Device::Cpu);
+        tch::manual_seed(100 + step);
+        batch
+    };
+    let run = |idx: Option<&Tensor>| {
+        let (_config, _vs, model) = model(12);
+        let mut values = Vec::new();
+        for step in 0..3 {
+            let batch = batch_at(step);
+            let losses = match idx {
+                Some(idx) => model.losses_with_idx(&batch, idx, 0.4, false),
+                None => model.losses(&batch, 0.4, false),
+            }
+            .unwrap();
+            values.extend([&losses.itc, &losses.itm, &losses.mlm].map(|l| l.double_value(&[])));
+        }
+        (values, model)
+    };
+    let (plain, plain_model) = run(None);
+    assert!(
+        plain_model
+            .idx_queue
+            .eq(UNKNOWN_IMAGE)
+            .all()
+            .int64_value(&[])
+            == 1
+    );
+    // Every step the same distinct pictures: from the second step on, the queue holds them.
+    let distinct: Vec<i64> = (0..bs).map(|b| 1000 + 3 * b).collect();
+    let (with_idx, model_with_idx) = run(Some(&Tensor::from_slice(&distinct)));
+    assert_eq!(
+        plain[..3],
+        with_idx[..3],
+        "first step: no picture queued yet"
+    );
+    assert_ne!(
+        plain[..],
+        with_idx[..],
+        "queued captions of the same picture are positives"
+    );
+    let queued = Vec::<i64>::try_from(model_with_idx.idx_queue.view([-1])).unwrap();
+    assert_eq!(queued[..(bs as usize)], distinct[..]);
+    // New pictures every step: the same numbers as without idx.
+    let fresh =
+        |step: i64| Tensor::arange_start(step * bs, (step + 1) * bs, (Kind::Int64, Device::Cpu));
+    let (_config, _vs, fresh_model) = model(12);
+    let mut values = Vec::new();
+    for step in 0..3 {
+        let batch = batch_at(step);
+        let losses = fresh_model
+            .losses_with_idx(&batch, &fresh(step), 0.4, false)
+            .unwrap();
+        values.extend([&losses.itc, &losses.itm, &losses.mlm].map(|l| l.double_value(&[])));
+    }
+    assert_eq!(plain, values);
+}
+
+#[test]
+fn given_negatives_of_the_same_picture_and_bad_pictures_are_refused() {
+    let config = micro();
+    let bs = config.train.batch_size;
+    let (_config, _vs, model) = model(13);
+    tch::manual_seed(14);
+    let batch = probe::random_batch(&config, bs, Device::Cpu);
+    let t = &config.model.text;
+    let mlm = mask_tokens(
+        &batch.input_ids,
+        0.15,
+        t.vocab_size,
+        t.pad_token_id,
+        t.cls_token_id,
+        t.mask_token_id,
+    );
+    let mut ids: Vec<i64> = (0..bs).collect();
+    ids[1] = 0;
+    let idx = Tensor::from_slice(&ids);
+    let next: Vec<i64> = (0..bs).map(|b| (b + 1) % bs).collect();
+    let negatives = Negatives {
+        image_idx: Tensor::from_slice(&next),
+        text_idx: Tensor::from_slice(&next),
+    };
+    let err = model
+        .losses_given(&batch, Some(&idx), 0.4, &mlm, &negatives, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("neg_image_idx[0] = 1 shows pair 0's own picture"),
+        "{err}"
+    );
+    let negative = Tensor::from_slice(&vec![-1i64; bs as usize]);
+    let err = model
+        .losses_with_idx(&batch, &negative, 0.4, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("idx holds -1"), "{err}");
 }
 
 #[test]

@@ -107,7 +107,7 @@ impl Batch {
     /// bool [B, B]: true where rows i and j show the same picture (the diagonal included), i.e.
     /// where a pair must not serve as an ITC/ITM negative.
     pub fn same_image(&self) -> Tensor {
-        self.idx.unsqueeze(1).eq_tensor(&self.idx.unsqueeze(0))
+        crate::model::losses::same_image(&self.idx)
     }
 }
 

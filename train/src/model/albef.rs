@@ -19,6 +19,13 @@ pub const MOMENTUM_PAIRS: [(&str, &str); 4] = [
     ("text_proj", "text_proj_m"),
 ];
 
+/// The queue of pictures, a buffer that official pretraining checkpoints lack.
+pub const IDX_QUEUE: &str = "idx_queue";
+
+/// The `idx` of a picture that nothing is known about (official: the initial `idx_queue`): it
+/// never equals a batch's `idx`, which is non-negative.
+pub const UNKNOWN_IMAGE: i64 = -100;
+
 /// Parameter groups of the optimiser: AdamW decays group 0 and not group 1.
 pub const DECAY_GROUP: usize = 0;
 pub const NO_DECAY_GROUP: usize = 1;
@@ -42,6 +49,10 @@ pub struct Albef {
     pub image_queue: Tensor,
     /// [embed_dim, queue_size] momentum text features.
     pub text_queue: Tensor,
+    /// [1, queue_size] i64: the picture (`idx`) of each queue column, [`UNKNOWN_IMAGE`] where
+    /// it is not known. Not in the official pretraining checkpoint (model_retrieval.py L53 has
+    /// it); a file without it leaves it unknown.
+    pub idx_queue: Tensor,
     /// [1] i64: the next queue column to write.
     pub queue_ptr: Tensor,
     /// (student, momentum) float parameters, updated by [`Albef::momentum_update`].
@@ -99,6 +110,15 @@ impl Albef {
         };
         let image_queue = queue("image_queue");
         let text_queue = queue("text_queue");
+        let idx_queue = root.add(
+            IDX_QUEUE,
+            Tensor::full(
+                [1, cfg.queue_size],
+                UNKNOWN_IMAGE,
+                (Kind::Int64, vs.device()),
+            ),
+            false,
+        );
         let queue_ptr = root.add(
             "queue_ptr",
             Tensor::zeros([1], (Kind::Int64, vs.device())),
@@ -119,6 +139,7 @@ impl Albef {
             temp,
             image_queue,
             text_queue,
+            idx_queue,
             queue_ptr,
             pairs,
         };
@@ -146,10 +167,15 @@ impl Albef {
         });
     }
 
-    /// `_dequeue_and_enqueue`: writes the (globally gathered) momentum features [B, E] at
-    /// `queue_ptr` and advances it modulo the queue size. A queue size that the batch does
-    /// not divide is refused.
-    pub fn enqueue(&self, image_feat: &Tensor, text_feat: &Tensor) -> Result<()> {
+    /// `_dequeue_and_enqueue`: writes the (globally gathered) momentum features [B, E] and the
+    /// pictures `idx` [B] (unknown when `None`) at `queue_ptr` and advances it modulo the
+    /// queue size. A queue size that the batch does not divide is refused.
+    pub fn enqueue(
+        &self,
+        image_feat: &Tensor,
+        text_feat: &Tensor,
+        idx: Option<&Tensor>,
+    ) -> Result<()> {
         let batch = image_feat.size()[0];
         check_queue(self.cfg.queue_size, batch)?;
         let ptr = self.queue_ptr.int64_value(&[0]);
@@ -163,6 +189,13 @@ impl Albef {
             self.text_queue
                 .narrow(1, ptr, batch)
                 .copy_(&text_feat.transpose(0, 1));
+            let mut slots = self.idx_queue.narrow(1, ptr, batch);
+            match idx {
+                Some(idx) => slots.copy_(&idx.unsqueeze(0)),
+                None => {
+                    let _ = slots.fill_(UNKNOWN_IMAGE);
+                }
+            }
             let _ = self
                 .queue_ptr
                 .shallow_clone()

@@ -7,7 +7,14 @@
 //! [`Albef::losses_given`] takes the MLM-masked ids, the MLM labels and the hard-negative
 //! indices as inputs, so that numbers compare exactly with other implementations;
 //! [`Albef::losses`] draws them from libtorch's generator (seed it with `tch::manual_seed`).
-use super::albef::{normalize, Albef};
+//!
+//! Several captions of one picture are never each other's negatives when the pairs' pictures
+//! (`idx`) are given ([`Albef::losses_with_idx`]), as the official retrieval fine-tuning does
+//! it (model_retrieval.py L70-75, L118-123): the ITC targets spread `1 - alpha` over every
+//! in-batch and queued pair of the same picture, and the ITM hard-negative weights are zero for
+//! pairs of the same picture. Without `idx` every pair is its own picture and the numbers are
+//! those of model_pretrain.py.
+use super::albef::{normalize, Albef, UNKNOWN_IMAGE};
 use super::bert::Mode;
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
@@ -58,22 +65,55 @@ enum NegativeSource<'a> {
 }
 
 impl Albef {
-    /// One training forward with given MLM inputs and hard negatives. `train` turns dropout
-    /// on; the momentum update and the enqueue happen either way, as in a training step.
+    /// One training forward with given MLM inputs and hard negatives, and optionally the
+    /// pictures `idx` (i64 [B], non-negative, equal for pairs of one picture; `None`: every
+    /// pair its own). `train` turns dropout on; the momentum update and the enqueue happen
+    /// either way, as in a training step. Negatives of the pair's own picture are refused.
     pub fn losses_given(
         &self,
         batch: &Batch,
+        idx: Option<&Tensor>,
         alpha: f64,
         mlm: &MlmInputs,
         negatives: &Negatives,
         train: bool,
     ) -> Result<Losses> {
-        self.step(batch, alpha, mlm, NegativeSource::Given(negatives), train)
+        self.step(
+            batch,
+            idx,
+            alpha,
+            mlm,
+            NegativeSource::Given(negatives),
+            train,
+        )
     }
 
     /// One training forward that draws the MLM masking and the hard negatives from libtorch's
-    /// generator.
+    /// generator; every pair is its own picture.
     pub fn losses(&self, batch: &Batch, alpha: f64, train: bool) -> Result<Losses> {
+        self.sampled(batch, None, alpha, train)
+    }
+
+    /// [`Albef::losses`] for a batch whose pairs' pictures are `idx` (i64 [B], non-negative,
+    /// equal for several captions of one picture): those never serve as each other's ITC
+    /// negatives (in the batch or in the queue) nor as ITM hard negatives.
+    pub fn losses_with_idx(
+        &self,
+        batch: &Batch,
+        idx: &Tensor,
+        alpha: f64,
+        train: bool,
+    ) -> Result<Losses> {
+        self.sampled(batch, Some(idx), alpha, train)
+    }
+
+    fn sampled(
+        &self,
+        batch: &Batch,
+        idx: Option<&Tensor>,
+        alpha: f64,
+        train: bool,
+    ) -> Result<Losses> {
         let mlm = mask_tokens(
             &batch.input_ids,
             self.cfg.mlm_probability,
@@ -82,12 +122,13 @@ impl Albef {
             self.cfg.text.cls_token_id,
             self.cfg.text.mask_token_id,
         );
-        self.step(batch, alpha, &mlm, NegativeSource::Sampled, train)
+        self.step(batch, idx, alpha, &mlm, NegativeSource::Sampled, train)
     }
 
     fn step(
         &self,
         batch: &Batch,
+        idx: Option<&Tensor>,
         alpha: f64,
         mlm: &MlmInputs,
         negatives: NegativeSource,
@@ -97,6 +138,19 @@ impl Albef {
         if bs < 2 {
             bail!("a batch needs at least 2 pairs for hard negatives, got {bs}");
         }
+        if let Some(idx) = idx {
+            check_idx(idx, bs)?;
+        }
+        let device = batch.image.device();
+        let same = match idx {
+            Some(idx) => same_image(idx),
+            None => Tensor::eye(bs, (Kind::Bool, device)),
+        };
+        // ITC positives over [batch, queue]: the diagonal, or every pair of the same picture.
+        let positives = match idx {
+            Some(idx) => positive_targets(idx, &self.idx_queue),
+            None => Tensor::eye_m(bs, bs + self.cfg.queue_size, (Kind::Float, device)),
+        };
         tch::no_grad(|| {
             let _ = self.temp.shallow_clone().clamp_(0.001, 0.5);
         });
@@ -129,8 +183,8 @@ impl Albef {
             let sim_i2t_m = image_feat_m.matmul(&text_feat_all) / &self.temp;
             let sim_t2i_m = text_feat_m.matmul(&image_feat_all) / &self.temp;
             Teacher {
-                i2t_targets: soft_targets(&sim_i2t_m, alpha),
-                t2i_targets: soft_targets(&sim_t2i_m, alpha),
+                i2t_targets: soft_targets(&sim_i2t_m, &positives, alpha),
+                t2i_targets: soft_targets(&sim_t2i_m, &positives, alpha),
                 image_embeds_m,
                 image_feat_m,
                 text_feat_m,
@@ -147,18 +201,18 @@ impl Albef {
             / 2.0;
 
         // Enqueue the momentum features after ITC, before ITM (L130).
-        self.enqueue(&teacher.image_feat_m, &teacher.text_feat_m)?;
+        self.enqueue(&teacher.image_feat_m, &teacher.text_feat_m, idx)?;
 
         // ITM (L134-185): positives and both kinds of hard negatives in one fusion pass.
         let sampled;
         let negatives = match negatives {
             NegativeSource::Given(n) => {
-                check_indices(&n.image_idx, bs, "neg_image_idx")?;
-                check_indices(&n.text_idx, bs, "neg_text_idx")?;
+                check_indices(&n.image_idx, &same, "neg_image_idx")?;
+                check_indices(&n.text_idx, &same, "neg_text_idx")?;
                 n
             }
             NegativeSource::Sampled => {
-                sampled = tch::no_grad(|| sample_negatives(&sim_i2t, &sim_t2i, bs));
+                sampled = tch::no_grad(|| sample_negatives(&sim_i2t, &sim_t2i, &same))?;
                 &sampled
             }
         };
@@ -248,11 +302,25 @@ struct Teacher {
     text_feat_all: Tensor,
 }
 
-/// `alpha * softmax(sim_m) + (1 - alpha) * onehot(diagonal)` over [B, B + Q] (in fp32).
-pub fn soft_targets(sim_m: &Tensor, alpha: f64) -> Tensor {
-    let (b, n) = sim_m.size2().expect("similarities are [B, B + Q]");
-    let hard = Tensor::eye_m(b, n, (Kind::Float, sim_m.device()));
-    sim_m.softmax(1, Kind::Float) * alpha + hard * (1.0 - alpha)
+/// `alpha * softmax(sim_m) + (1 - alpha) * positives` over [B, B + Q] (in fp32); `positives`
+/// are the hard targets (rows summing to 1: the diagonal, or [`positive_targets`]).
+pub fn soft_targets(sim_m: &Tensor, positives: &Tensor, alpha: f64) -> Tensor {
+    sim_m.softmax(1, Kind::Float) * alpha + positives * (1.0 - alpha)
+}
+
+/// bool [B, B]: true where pairs i and j show the same picture (`idx` equal; the diagonal
+/// included), i.e. where a pair must not serve as the other's negative.
+pub fn same_image(idx: &Tensor) -> Tensor {
+    idx.unsqueeze(1).eq_tensor(&idx.unsqueeze(0))
+}
+
+/// The hard ITC targets of a batch of pictures `idx` [B] against [batch, queue]: row b spread
+/// evenly over every column of b's picture (model_retrieval.py L70-72), f32 [B, B + Q].
+pub fn positive_targets(idx: &Tensor, idx_queue: &Tensor) -> Tensor {
+    let idx_all = Tensor::cat(&[idx.unsqueeze(0), idx_queue.to_kind(Kind::Int64)], 1);
+    let pos = idx.unsqueeze(1).eq_tensor(&idx_all).to_kind(Kind::Float);
+    let count = pos.sum_dim_intlist([1].as_slice(), true, Kind::Float);
+    pos / count
 }
 
 /// `-mean_b sum_j log_softmax(logits)[b, j] * targets[b, j]`.
@@ -263,19 +331,29 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
         .neg()
 }
 
-/// Draws one hard negative per row from `softmax(sim[:, :B])` with the diagonal zeroed: for
-/// each text an image (from `sim_t2i`), for each image a text (from `sim_i2t`). Local batch
-/// only, as in the official code.
-pub fn sample_negatives(sim_i2t: &Tensor, sim_t2i: &Tensor, bs: i64) -> Negatives {
+/// Draws one hard negative per row from `softmax(sim[:, :B])` with the pairs of the row's own
+/// picture zeroed (`same`, bool [B, B], see [`same_image`]; the diagonal at least): for each
+/// text an image (from `sim_t2i`), for each image a text (from `sim_i2t`). Local batch only,
+/// as in the official code. A pair whose picture every pair of the batch shows has no
+/// negative: refused.
+pub fn sample_negatives(sim_i2t: &Tensor, sim_t2i: &Tensor, same: &Tensor) -> Result<Negatives> {
+    let bs = same.size()[0];
+    let lonely = same.all_dim(1, false).nonzero();
+    if lonely.size()[0] > 0 {
+        bail!(
+            "pair {} of the batch has no hard negative: all {bs} pairs show its picture",
+            lonely.int64_value(&[0, 0])
+        );
+    }
     let weights = |sim: &Tensor| {
-        let w = sim.narrow(1, 0, bs).softmax(1, Kind::Float);
-        let off_diagonal = Tensor::eye(bs, (Kind::Float, w.device())).neg() + 1.0;
-        w * off_diagonal
+        sim.narrow(1, 0, bs)
+            .softmax(1, Kind::Float)
+            .masked_fill(same, 0.0)
     };
-    Negatives {
+    Ok(Negatives {
         image_idx: weights(sim_t2i).multinomial(1, false).squeeze_dim(1),
         text_idx: weights(sim_i2t).multinomial(1, false).squeeze_dim(1),
-    }
+    })
 }
 
 /// BERT masking (`ALBEF.mask`): each token is selected with `probability`, never [PAD] or
@@ -321,7 +399,9 @@ pub fn mask_tokens(
     })
 }
 
-fn check_indices(idx: &Tensor, bs: i64, name: &str) -> Result<()> {
+/// Given hard negatives: i64 [B] indices into the batch, never a pair of the row's own picture.
+fn check_indices(idx: &Tensor, same: &Tensor, name: &str) -> Result<()> {
+    let bs = same.size()[0];
     if idx.size() != [bs] || idx.kind() != Kind::Int64 {
         bail!(
             "{name} must be i64 [{bs}], got {:?} {:?}",
@@ -332,6 +412,33 @@ fn check_indices(idx: &Tensor, bs: i64, name: &str) -> Result<()> {
     let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
     if lo < 0 || hi >= bs {
         bail!("{name} holds indices {lo}..={hi}, outside 0..{bs}");
+    }
+    let own = same
+        .gather(1, &idx.unsqueeze(1), false)
+        .squeeze_dim(1)
+        .nonzero();
+    if own.size()[0] > 0 {
+        let b = own.int64_value(&[0, 0]);
+        bail!(
+            "{name}[{b}] = {} shows pair {b}'s own picture, which is not a negative",
+            idx.int64_value(&[b])
+        );
+    }
+    Ok(())
+}
+
+/// The pictures of a batch: i64 [B], non-negative (so never [`UNKNOWN_IMAGE`]).
+fn check_idx(idx: &Tensor, bs: i64) -> Result<()> {
+    if idx.size() != [bs] || idx.kind() != Kind::Int64 {
+        bail!(
+            "idx must be i64 [{bs}], got {:?} {:?}",
+            idx.kind(),
+            idx.size()
+        );
+    }
+    let lo = idx.min().int64_value(&[]);
+    if lo < 0 {
+        bail!("idx holds {lo}: pictures are numbered from 0 ({UNKNOWN_IMAGE} means unknown)");
     }
     Ok(())
 }

@@ -41,7 +41,8 @@ pub fn build(
 
 /// One training forward (momentum update and enqueue included, dropout off) on the batch file
 /// `batch`: `image` f32 [B,3,H,W], `input_ids`, `attention_mask`, `mlm_input_ids`,
-/// `mlm_labels` i64 [B,L], `neg_image_idx`, `neg_text_idx` i64 [B], `alpha` f32 scalar.
+/// `mlm_labels` i64 [B,L], `neg_image_idx`, `neg_text_idx` i64 [B], `alpha` f32 scalar, and
+/// optionally `idx` i64 [B], the pairs' pictures (without it every pair is its own picture).
 pub fn losses_on_batch(model: &Albef, batch_path: &Path, device: Device) -> Result<LossValues> {
     let file = weights::read(batch_path)?;
     let get = |name: &str, kind: Kind| -> Result<Tensor> {
@@ -70,8 +71,13 @@ pub fn losses_on_batch(model: &Albef, batch_path: &Path, device: Device) -> Resu
         image_idx: get("neg_image_idx", Kind::Int64)?,
         text_idx: get("neg_text_idx", Kind::Int64)?,
     };
+    let idx = match file.contains_key("idx") {
+        true => Some(get("idx", Kind::Int64)?),
+        false => None,
+    };
     let alpha = get("alpha", Kind::Float)?.double_value(&[]);
-    let losses = tch::no_grad(|| model.losses_given(&batch, alpha, &mlm, &negatives, false))?;
+    let losses =
+        tch::no_grad(|| model.losses_given(&batch, idx.as_ref(), alpha, &mlm, &negatives, false))?;
     Ok(LossValues {
         loss_itc: losses.itc.double_value(&[]),
         loss_itm: losses.itm.double_value(&[]),

@@ -5,6 +5,7 @@
 //! position embedding interpolated), as model_pretrain.py L38-51 does.
 #[cfg(doc)]
 use super::albef::Albef;
+use super::albef::IDX_QUEUE;
 use super::vit::interpolate_pos_embed;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -180,7 +181,8 @@ pub fn init_vision_from_timm(vs: &nn::VarStore, path: &Path) -> Result<LoadRepor
 }
 
 /// Copies file tensors into the variables named by `rename` (None: unexpected). Only model
-/// keys starting with `scope` can be missing.
+/// keys starting with `scope` can be missing; the picture queue, which official pretraining
+/// checkpoints lack, keeps its initial value (every picture unknown) when the file lacks it.
 fn copy_into(
     vs: &nn::VarStore,
     file: BTreeMap<String, Tensor>,
@@ -209,7 +211,9 @@ fn copy_into(
         for name in names {
             let mut var = vars[name].shallow_clone();
             let Some(src) = renamed.get(name) else {
-                report.missing.push(name.clone());
+                if name != IDX_QUEUE {
+                    report.missing.push(name.clone());
+                }
                 continue;
             };
             let mut src = src.shallow_clone();

@@ -269,6 +269,7 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
             let fetch = Instant::now();
             let batch = next_batch(&loader, &mut batches, &mut state.data)?;
             waited += fetch.elapsed();
+            let idx = batch.idx.to_device(job.device);
             let batch = model::Batch {
                 image: batch.image.to_device(job.device),
                 input_ids: batch.input_ids.to_device(job.device),
@@ -277,7 +278,7 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
             tch::manual_seed(
                 derive_seed(&[state.seed, step as u64, micro as u64, 0xa1be_f5ee]) as i64,
             );
-            let losses = model.losses(&batch, alpha, true)?;
+            let losses = model.losses_with_idx(&batch, &idx, alpha, true)?;
             let total = losses.total();
             let values = [
                 losses.itc.double_value(&[]),
