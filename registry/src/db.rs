@@ -180,6 +180,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "scheduler",
         include_str!("../../migrations/sqlite/0002_scheduler.sql"),
     ),
+    (
+        3,
+        "metrics without rowid",
+        include_str!("../../migrations/sqlite/0003_metrics_without_rowid.sql"),
+    ),
 ];
 
 fn migrator(dialect: Dialect) -> Migrator {

@@ -2,8 +2,9 @@
 //! point onto a channel and never waits on the database; a tokio task drains the channel and
 //! writes a batch every `batch` points or every `interval`, whichever comes first, and at
 //! [`MetricWriter::finish`]. Each batch is one transaction that inserts the points and updates the
-//! per-run summaries (last, min, max, count) together: on Postgres one statement over `UNNEST`
-//! arrays, on SQLite multi-row inserts through cached prepared statements under `BEGIN IMMEDIATE`.
+//! per-run summaries (last, min, max, count) together: on Postgres `INSERT ... SELECT FROM UNNEST`
+//! of arrays, on SQLite multi-row inserts through cached prepared statements under
+//! `BEGIN IMMEDIATE`; the summaries are computed in memory, one upsert per key and flush.
 //!
 //! From a synchronous thread (tch training code), keep a `tokio::runtime::Handle` from the
 //! runtime that created the writer, call `log` freely, and end with
@@ -11,11 +12,12 @@
 //!
 //! Re-logging a (run, key, step) that is already stored keeps the first value (idempotent
 //! retries); the channel is unbounded, so memory grows only if the database falls behind.
-use crate::db::{Db, Dialect};
+use crate::db::{Db, Dialect, Tx};
 use crate::runs::check_key;
-use crate::{is_foreign_key_violation, now_ms, Registry};
-use anyhow::{anyhow, bail, Result};
-use std::collections::{HashMap, HashSet};
+use crate::{now_ms, Registry};
+use anyhow::{anyhow, bail, Context, Result};
+use sqlx::Row as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -149,40 +151,156 @@ async fn drain(
     }
 }
 
-/// Rows per multi-row INSERT on SQLite (4 values each, under its 32,766 parameter limit).
-const SQLITE_ROWS_PER_INSERT: usize = 500;
+/// Rows per multi-row INSERT on SQLite (3 values each, under its 32,766 parameter limit).
+const SQLITE_ROWS_PER_INSERT: usize = 1000;
 
-/// Inserts points of one run and updates its summaries, in one transaction.
+/// Inserts points of one run and updates its summaries, in one transaction. The transaction
+/// first locks the run against other writers (Postgres: the run's row; SQLite: the database
+/// write lock of `BEGIN IMMEDIATE`), so that the steps already stored can be read and left out
+/// and the rest go in as plain inserts, with no per-row conflict handling; the summaries are
+/// computed from what is inserted and upserted once per key.
 async fn write_points(db: &Db, run: i64, points: &[Point]) -> Result<()> {
-    let result = match db {
-        Db::Pg(pool) => write_pg(pool, run, points).await,
-        Db::Sqlite(_) => write_sqlite(db, run, points).await,
-    };
-    result.map_err(|e| {
-        if matches!(e.downcast_ref::<sqlx::Error>(), Some(s) if is_foreign_key_violation(s)) {
-            anyhow!("cannot log metrics: run {run} does not exist")
-        } else {
-            e.context(format!(
-                "writing {} metric points of run {run}",
-                points.len()
-            ))
-        }
-    })
+    write_batch(db, run, points)
+        .await
+        .with_context(|| format!("writing {} metric points of run {run}", points.len()))
 }
 
-const PG_WRITE: &str = "\
-WITH ins AS (
-    INSERT INTO metrics (run_id, key, step, value, logged_at)
-    SELECT $1, k, s, v, $5 FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS t(k, s, v)
-    ON CONFLICT (run_id, key, step) DO NOTHING
-    RETURNING key, step, value
-), agg AS (
-    SELECT key, count(*) AS n, min(value) AS mn, max(value) AS mx, max(step) AS last_step,
-           (array_agg(value ORDER BY step DESC))[1] AS last_value
-    FROM ins GROUP BY key
-)
+async fn write_batch(db: &Db, run: i64, points: &[Point]) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let lock = match tx.dialect() {
+        Dialect::Postgres => "SELECT id FROM runs WHERE id = $1 FOR NO KEY UPDATE",
+        Dialect::Sqlite => "SELECT id FROM runs WHERE id = $1",
+    };
+    if tx
+        .q(lock)
+        .bind(run)
+        .fetch_optional(&mut tx)
+        .await?
+        .is_none()
+    {
+        bail!("cannot log metrics: run {run} does not exist");
+    }
+    let mut ranges: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for p in points {
+        let r = ranges.entry(&p.key).or_insert((p.step, p.step));
+        r.0 = r.0.min(p.step);
+        r.1 = r.1.max(p.step);
+    }
+    let stored = stored_steps(&mut tx, run, &ranges).await?;
+    let mut seen: HashSet<(&str, i64)> = stored.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+    // The first value of each (key, step) wins; in key order, each key's index pages are
+    // touched once in a row.
+    let mut fresh: Vec<&Point> = points
+        .iter()
+        .filter(|p| seen.insert((&p.key, p.step)))
+        .collect();
+    fresh.sort_by(|a, b| (&*a.key, a.step).cmp(&(&*b.key, b.step)));
+    if fresh.is_empty() {
+        return tx.commit().await;
+    }
+    let deltas = summarise(&fresh);
+    let now = now_ms();
+    match &mut tx {
+        Tx::Pg(t) => write_pg(t, run, now, &fresh, &deltas).await?,
+        Tx::Sqlite(t) => write_sqlite(t, run, now, &fresh, &deltas).await?,
+    }
+    tx.commit().await
+}
+
+/// The (key, step) pairs already stored for `run` within each key's step range.
+async fn stored_steps(
+    tx: &mut Tx,
+    run: i64,
+    ranges: &BTreeMap<&str, (i64, i64)>,
+) -> Result<Vec<(String, i64)>> {
+    let mut stored = Vec::new();
+    match tx {
+        Tx::Pg(t) => {
+            let keys: Vec<&str> = ranges.keys().copied().collect();
+            let lo: Vec<i64> = ranges.values().map(|r| r.0).collect();
+            let hi: Vec<i64> = ranges.values().map(|r| r.1).collect();
+            let rows = sqlx::query(
+                "SELECT m.key, m.step FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) \
+                 AS r(k, lo, hi) JOIN metrics m \
+                 ON m.run_id = $1 AND m.key = r.k AND m.step BETWEEN r.lo AND r.hi",
+            )
+            .bind(run)
+            .bind(keys)
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&mut **t)
+            .await?;
+            for row in rows {
+                stored.push((row.try_get("key")?, row.try_get("step")?));
+            }
+        }
+        Tx::Sqlite(t) => {
+            for (key, (lo, hi)) in ranges {
+                let rows = sqlx::query(
+                    "SELECT step FROM metrics \
+                     WHERE run_id = $1 AND key = $2 AND step BETWEEN $3 AND $4",
+                )
+                .bind(run)
+                .bind(*key)
+                .bind(*lo)
+                .bind(*hi)
+                .fetch_all(&mut **t)
+                .await?;
+                for row in rows {
+                    stored.push((key.to_string(), row.try_get("step")?));
+                }
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// What one batch adds to a metric's summary.
+#[derive(Debug, PartialEq)]
+struct Delta<'a> {
+    key: &'a str,
+    last_step: i64,
+    last_value: f64,
+    min: f64,
+    max: f64,
+    count: i64,
+}
+
+/// The summary delta of each key, in key order, from points sorted by (key, step).
+fn summarise<'a>(sorted: &[&'a Point]) -> Vec<Delta<'a>> {
+    let mut deltas: Vec<Delta<'a>> = Vec::new();
+    for p in sorted {
+        match deltas.last_mut() {
+            Some(d) if d.key == &*p.key => {
+                // Sorted by step within a key: this point is the latest so far.
+                d.last_step = p.step;
+                d.last_value = p.value;
+                d.min = d.min.min(p.value);
+                d.max = d.max.max(p.value);
+                d.count += 1;
+            }
+            _ => deltas.push(Delta {
+                key: &p.key,
+                last_step: p.step,
+                last_value: p.value,
+                min: p.value,
+                max: p.value,
+                count: 1,
+            }),
+        }
+    }
+    deltas
+}
+
+const PG_INSERT: &str = "\
+INSERT INTO metrics (run_id, key, step, value, logged_at)
+SELECT $1, k, s, v, $5 FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS t(k, s, v)";
+
+const PG_SUMMARY: &str = "\
 INSERT INTO metric_summaries (run_id, key, last_value, last_step, min_value, max_value, count)
-SELECT $1, key, last_value, last_step, mn, mx, n FROM agg ORDER BY key
+SELECT $1, k, lv, ls, mn, mx, n
+FROM UNNEST($2::text[], $3::float8[], $4::bigint[], $5::float8[], $6::float8[], $7::bigint[])
+    AS t(k, lv, ls, mn, mx, n)
 ON CONFLICT (run_id, key) DO UPDATE SET
     last_value = CASE WHEN excluded.last_step >= metric_summaries.last_step
                       THEN excluded.last_value ELSE metric_summaries.last_value END,
@@ -191,28 +309,33 @@ ON CONFLICT (run_id, key) DO UPDATE SET
     max_value = GREATEST(metric_summaries.max_value, excluded.max_value),
     count = metric_summaries.count + excluded.count";
 
-async fn write_pg(pool: &sqlx::PgPool, run: i64, points: &[Point]) -> Result<()> {
-    let keys: Vec<&str> = points.iter().map(|p| &*p.key).collect();
-    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-    let values: Vec<f64> = points.iter().map(|p| p.value).collect();
-    sqlx::query(PG_WRITE)
+/// Postgres: one INSERT over `UNNEST` arrays for the points, one for the summaries.
+async fn write_pg(
+    t: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    run: i64,
+    now: i64,
+    points: &[&Point],
+    deltas: &[Delta<'_>],
+) -> Result<()> {
+    sqlx::query(PG_INSERT)
         .bind(run)
-        .bind(keys)
-        .bind(steps)
-        .bind(values)
-        .bind(now_ms())
-        .execute(pool)
+        .bind(points.iter().map(|p| &*p.key).collect::<Vec<&str>>())
+        .bind(points.iter().map(|p| p.step).collect::<Vec<i64>>())
+        .bind(points.iter().map(|p| p.value).collect::<Vec<f64>>())
+        .bind(now)
+        .execute(&mut **t)
+        .await?;
+    sqlx::query(PG_SUMMARY)
+        .bind(run)
+        .bind(deltas.iter().map(|d| d.key).collect::<Vec<&str>>())
+        .bind(deltas.iter().map(|d| d.last_value).collect::<Vec<f64>>())
+        .bind(deltas.iter().map(|d| d.last_step).collect::<Vec<i64>>())
+        .bind(deltas.iter().map(|d| d.min).collect::<Vec<f64>>())
+        .bind(deltas.iter().map(|d| d.max).collect::<Vec<f64>>())
+        .bind(deltas.iter().map(|d| d.count).collect::<Vec<i64>>())
+        .execute(&mut **t)
         .await?;
     Ok(())
-}
-
-/// What one batch adds to a metric's summary.
-struct Delta {
-    last_step: i64,
-    last_value: f64,
-    min: f64,
-    max: f64,
-    count: i64,
 }
 
 const SQLITE_SUMMARY: &str = "\
@@ -238,41 +361,16 @@ fn sqlite_insert(rows: usize) -> String {
     sql
 }
 
-/// SQLite: the transaction holds the write lock from its start (`BEGIN IMMEDIATE`), so the
-/// steps already stored can be read first and left out; the rest go in as plain multi-row
-/// inserts (no per-row RETURNING), and the summaries are computed from what was inserted.
-async fn write_sqlite(db: &Db, run: i64, points: &[Point]) -> Result<()> {
-    debug_assert_eq!(db.dialect(), Dialect::Sqlite);
-    let mut tx = db.begin().await?;
-    let mut ranges: HashMap<&str, (i64, i64)> = HashMap::new();
-    for p in points {
-        let r = ranges.entry(&p.key).or_insert((p.step, p.step));
-        r.0 = r.0.min(p.step);
-        r.1 = r.1.max(p.step);
-    }
-    let mut seen: HashSet<(&str, i64)> = HashSet::new();
-    for (key, (lo, hi)) in &ranges {
-        let rows = tx
-            .q("SELECT step FROM metrics WHERE run_id = $1 AND key = $2 AND step BETWEEN $3 AND $4")
-            .bind(run)
-            .bind(key.to_string())
-            .bind(*lo)
-            .bind(*hi)
-            .fetch_all(&mut tx)
-            .await?;
-        for row in rows {
-            seen.insert((key, row.get("step")?));
-        }
-    }
-    // The first value of each (key, step) wins, as on Postgres.
-    let fresh: Vec<&Point> = points
-        .iter()
-        .filter(|p| seen.insert((&p.key, p.step)))
-        .collect();
+/// SQLite: multi-row inserts through cached prepared statements, then one upsert per key.
+async fn write_sqlite(
+    t: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    run: i64,
+    now: i64,
+    points: &[&Point],
+    deltas: &[Delta<'_>],
+) -> Result<()> {
     let full = sqlite_insert(SQLITE_ROWS_PER_INSERT);
-    let now = now_ms();
-    let mut deltas: HashMap<&str, Delta> = HashMap::new();
-    for chunk in fresh.chunks(SQLITE_ROWS_PER_INSERT) {
+    for chunk in points.chunks(SQLITE_ROWS_PER_INSERT) {
         let partial;
         let sql = if chunk.len() == SQLITE_ROWS_PER_INSERT {
             &full
@@ -280,43 +378,68 @@ async fn write_sqlite(db: &Db, run: i64, points: &[Point]) -> Result<()> {
             partial = sqlite_insert(chunk.len());
             &partial
         };
-        let mut q = db.q_str(sql).bind(run).bind(now);
+        let mut q = sqlx::query(sql).bind(run).bind(now);
         for p in chunk {
             q = q.bind(&*p.key).bind(p.step).bind(p.value);
-            let d = deltas.entry(&p.key).or_insert(Delta {
-                last_step: p.step,
-                last_value: p.value,
-                min: p.value,
-                max: p.value,
-                count: 0,
-            });
-            if p.step >= d.last_step {
-                d.last_step = p.step;
-                d.last_value = p.value;
-            }
-            d.min = d.min.min(p.value);
-            d.max = d.max.max(p.value);
-            d.count += 1;
         }
-        q.execute(&mut tx).await?;
+        q.execute(&mut **t).await?;
     }
-    for (key, d) in deltas {
-        tx.q(SQLITE_SUMMARY)
+    for d in deltas {
+        sqlx::query(SQLITE_SUMMARY)
             .bind(run)
-            .bind(key.to_string())
+            .bind(d.key)
             .bind(d.last_value)
             .bind(d.last_step)
             .bind(d.min)
             .bind(d.max)
             .bind(d.count)
-            .execute(&mut tx)
+            .execute(&mut **t)
             .await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{summarise, Delta, Point};
+
+    #[test]
+    fn summaries_per_key_from_sorted_points() {
+        let point = |key: &str, step, value| Point {
+            key: key.into(),
+            step,
+            value,
+        };
+        let points = [
+            point("acc", 3, 0.5),
+            point("loss", 1, 2.0),
+            point("loss", 4, 3.0),
+            point("loss", 9, 1.5),
+        ];
+        let sorted: Vec<&Point> = points.iter().collect();
+        assert_eq!(
+            summarise(&sorted),
+            vec![
+                Delta {
+                    key: "acc",
+                    last_step: 3,
+                    last_value: 0.5,
+                    min: 0.5,
+                    max: 0.5,
+                    count: 1
+                },
+                Delta {
+                    key: "loss",
+                    last_step: 9,
+                    last_value: 1.5,
+                    min: 1.5,
+                    max: 3.0,
+                    count: 3
+                },
+            ]
+        );
+    }
+
     #[test]
     fn sqlite_insert_numbers_parameters() {
         assert_eq!(
