@@ -1,6 +1,7 @@
 //! The registry benchmark (`scripts/bench-registry`): metric points per second through the
-//! buffered writer, and the latency of "top 20 runs by min(metrics.loss) where params.lr = X"
-//! over 10,000 runs with 100 points each, through the same search path as `albef runs search`,
+//! buffered writer, and the latency (median, p95) of six searches, the issue's "top 20 runs by
+//! min(metrics.loss) where params.lr = X" first, over 10,000 runs with 100 points each (1M
+//! points), through the same search path as `albef runs search`,
 //! on a fresh SQLite file and a fresh Postgres database. MLflow's figures, measured in-process on
 //! the same machine (issue 2), are printed beside ours.
 //!
@@ -11,7 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use albef_registry::{MetricWriterOptions, Registry, RunSearch};
+use albef_registry::{MetricWriterOptions, Registry, RunSearch, RunStatus};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -62,7 +63,8 @@ async fn throughput(reg: &Registry, points: usize) -> Result<f64> {
     Ok(points as f64 / secs)
 }
 
-/// `runs` runs with lr params and 100 loss points each, loaded by 8 concurrent tasks.
+/// `runs` runs with an lr param, a stage tag, 100 loss points each and, for every tenth run, the
+/// status FAILED (the rest stay RUNNING), loaded by 8 concurrent tasks.
 async fn load_runs(reg: &Registry, runs: usize) -> Result<()> {
     let tasks: Vec<_> = (0..8)
         .map(|t| {
@@ -74,6 +76,8 @@ async fn load_runs(reg: &Registry, runs: usize) -> Result<()> {
                         .await?;
                     reg.log_params(run, &[("lr".into(), LRS[i % LRS.len()].into())])
                         .await?;
+                    let stage = if i % 3 == 0 { "filtered" } else { "pretrain" };
+                    reg.set_tags(run, &[("stage".into(), stage.into())]).await?;
                     let w = reg.metric_writer(run);
                     for step in 0..100 {
                         // A noisy, decaying curve whose minimum differs per run.
@@ -82,6 +86,9 @@ async fn load_runs(reg: &Registry, runs: usize) -> Result<()> {
                         w.log("loss", step as i64, v)?;
                     }
                     w.finish().await?;
+                    if i % 10 == 9 {
+                        reg.finish_run(run, RunStatus::Failed).await?;
+                    }
                 }
                 anyhow::Ok(())
             })
@@ -93,17 +100,52 @@ async fn load_runs(reg: &Registry, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Median and 95th percentile in milliseconds of `repeats` searches.
+/// The searches timed: (label, filter, order by, limit). The first is the issue's query.
+const QUERIES: [(&str, &str, &str, i64); 6] = [
+    (
+        "top 20 by min(loss), lr = X",
+        "params.lr = '0.001'",
+        "min(metrics.loss) ASC",
+        20,
+    ),
+    (
+        "top 20 by last loss, lr = X",
+        "params.lr = '0.001'",
+        "metrics.loss ASC",
+        20,
+    ),
+    (
+        "min(loss) < 1.5 AND lr IN (2)",
+        "min(metrics.loss) < 1.5 AND params.lr IN ('0.1', '0.01')",
+        "start_time DESC",
+        20,
+    ),
+    (
+        "tag = X OR name LIKE, by max",
+        "tags.stage = 'filtered' OR name LIKE 'run-99%'",
+        "max(metrics.loss) DESC",
+        20,
+    ),
+    (
+        "status AND last loss > 1.0",
+        "status = 'FAILED' AND metrics.loss > 1.0",
+        "metrics.loss ASC",
+        20,
+    ),
+    ("newest 100, no filter", "", "start_time DESC", 100),
+];
+
+/// Median and 95th percentile in milliseconds of `repeats` runs of one search, and its rows.
 async fn search_latency(
     reg: &Registry,
-    order_by: &str,
+    (_, filter, order_by, limit): (&str, &str, &str, i64),
     repeats: usize,
 ) -> Result<(f64, f64, usize)> {
     let search = RunSearch {
         experiment: None,
-        filter: Some("params.lr = '0.001'".into()),
+        filter: Some(filter.into()),
         order_by: Some(order_by.into()),
-        limit: Some(20),
+        limit: Some(limit),
     };
     let mut found = 0;
     for _ in 0..5 {
@@ -135,8 +177,7 @@ async fn analyze(url: &str) -> Result<()> {
 
 struct Figures {
     points_per_s: f64,
-    min_search: (f64, f64, usize),
-    last_search: (f64, f64, usize),
+    searches: Vec<(f64, f64, usize)>,
     load_s: f64,
 }
 
@@ -147,12 +188,13 @@ async fn bench(url: &str, points: usize, runs: usize, repeats: usize) -> Result<
     load_runs(&reg, runs).await?;
     let load_s = start.elapsed().as_secs_f64();
     analyze(url).await?;
-    let min_search = search_latency(&reg, "min(metrics.loss) ASC", repeats).await?;
-    let last_search = search_latency(&reg, "metrics.loss ASC", repeats).await?;
+    let mut searches = Vec::new();
+    for q in QUERIES {
+        searches.push(search_latency(&reg, q, repeats).await?);
+    }
     Ok(Figures {
         points_per_s,
-        min_search,
-        last_search,
+        searches,
         load_s,
     })
 }
@@ -160,28 +202,20 @@ async fn bench(url: &str, points: usize, runs: usize, repeats: usize) -> Result<
 fn report(backend: &str, f: &Figures, mlflow_points: f64, runs: usize) {
     println!("{backend}:");
     println!(
-        "  metric logging   {:>10.0} points/s   MLflow log_batch {:>6.0}/s   ratio {:.0}x",
+        "  metric logging {:>10.0} points/s   MLflow log_batch {:>6.0}/s   ratio {:.0}x",
         f.points_per_s,
         mlflow_points,
         f.points_per_s / mlflow_points
     );
-    let (m50, m95, n) = f.min_search;
-    let (l50, l95, _) = f.last_search;
-    let vs = |ms: f64| {
-        if backend == "postgres" {
-            format!("   MLflow search_runs ~{MLFLOW_SEARCH_PG_MS:.0} ms (last value only)   ratio {:.1}x", MLFLOW_SEARCH_PG_MS / ms)
-        } else {
-            String::new()
-        }
-    };
-    println!(
-        "  search min(loss) median {m50:6.2} ms  p95 {m95:6.2} ms  ({n} rows){}",
-        vs(m50)
-    );
-    println!(
-        "  search last(loss) median {l50:5.2} ms  p95 {l95:6.2} ms{}",
-        vs(l50)
-    );
+    println!("  search over {runs} runs          median ms   p95 ms   rows");
+    for ((label, ..), (p50, p95, n)) in QUERIES.iter().zip(&f.searches) {
+        println!("    {label:<30} {p50:>8.2} {p95:>8.2} {n:>6}");
+    }
+    if backend == "postgres" {
+        println!(
+            "  MLflow search_runs, last-value form of the first query: ~{MLFLOW_SEARCH_PG_MS:.0} ms"
+        );
+    }
     println!(
         "  (loading {runs} runs x 100 points took {:.1} s)",
         f.load_s
@@ -198,7 +232,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         println!(
             "albef registry benchmark: {points} points through the buffered writer (batches of 10,000); \
-             search over {runs} runs x 100 points, top 20 where params.lr = '0.001', {repeats} repeats"
+             search over {runs} runs x 100 points, {repeats} repeats of each query"
         );
         let dir = tempfile::tempdir()?;
         let sqlite_url = format!("sqlite://{}", dir.path().join("bench.db").display());
