@@ -10,6 +10,12 @@ use albef_train::model::{probe, Albef, Negatives};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
+/// libtorch's generator is global to the process and these tests seed it: they take turns.
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn micro() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/albef-micro.toml");
     Config::load(&path).unwrap()
@@ -23,6 +29,7 @@ fn model(seed: i64) -> (Config, nn::VarStore, Albef) {
 
 #[test]
 fn alpha_zero_gives_plain_info_nce() {
+    let _rng = rng_lock();
     tch::manual_seed(0);
     let sim = Tensor::randn([6, 6 + 12], (Kind::Float, Device::Cpu)) * 5.0;
     let teacher = Tensor::randn([6, 6 + 12], (Kind::Float, Device::Cpu)) * 5.0;
@@ -40,6 +47,7 @@ fn alpha_zero_gives_plain_info_nce() {
 
 #[test]
 fn soft_targets_sum_to_one_and_keep_the_diagonal_weight() {
+    let _rng = rng_lock();
     tch::manual_seed(1);
     let sim = Tensor::randn([8, 8 + 32], (Kind::Float, Device::Cpu)) * 10.0;
     let diagonal = Tensor::eye_m(8, 8 + 32, (Kind::Float, Device::Cpu));
@@ -55,6 +63,7 @@ fn soft_targets_sum_to_one_and_keep_the_diagonal_weight() {
 
 #[test]
 fn momentum_update_follows_the_ema_formula() {
+    let _rng = rng_lock();
     let (config, _vs, model) = model(3);
     let student = model.vision_proj.weight.shallow_clone();
     let momentum = model.vision_proj_m.weight.shallow_clone();
@@ -70,6 +79,7 @@ fn momentum_update_follows_the_ema_formula() {
 
 #[test]
 fn queue_pointer_wraps_and_stores_the_features() {
+    let _rng = rng_lock();
     let (config, _vs, model) = model(4);
     let q = config.model.queue_size;
     let bs = 4;
@@ -96,6 +106,7 @@ fn queue_pointer_wraps_and_stores_the_features() {
 
 #[test]
 fn a_queue_that_the_batch_does_not_divide_is_refused() {
+    let _rng = rng_lock();
     let (config, _vs, model) = model(5);
     let feat = Tensor::zeros([3, config.model.embed_dim], (Kind::Float, Device::Cpu));
     let err = model.enqueue(&feat, &feat, None).unwrap_err().to_string();
@@ -113,6 +124,7 @@ fn a_queue_that_the_batch_does_not_divide_is_refused() {
 
 #[test]
 fn sampled_negatives_never_equal_the_positive() {
+    let _rng = rng_lock();
     tch::manual_seed(6);
     let bs = 8;
     for _ in 0..200 {
@@ -141,6 +153,7 @@ fn sampled_negatives_never_equal_the_positive() {
 
 #[test]
 fn sampled_negatives_never_show_the_same_picture() {
+    let _rng = rng_lock();
     tch::manual_seed(10);
     let cpu = (Kind::Float, Device::Cpu);
     // Three captions of picture 7, two of picture 3, one each of pictures 1, 2 and 5.
@@ -190,6 +203,7 @@ fn sampled_negatives_never_show_the_same_picture() {
 
 #[test]
 fn a_batch_of_one_picture_has_no_hard_negative() {
+    let _rng = rng_lock();
     let idx = Tensor::from_slice(&[4i64, 4, 4, 4]);
     let sim = Tensor::randn([4, 4 + 16], (Kind::Float, Device::Cpu));
     let err = sample_negatives(&sim, &sim, &same_image(&idx))
@@ -204,6 +218,7 @@ fn a_batch_of_one_picture_has_no_hard_negative() {
 
 #[test]
 fn itc_targets_spread_over_every_caption_of_the_picture() {
+    let _rng = rng_lock();
     let idx = Tensor::from_slice(&[7i64, 3, 7, 1]);
     let queue = Tensor::from_slice(&[7i64, UNKNOWN_IMAGE, 3, 9, 7, 2]).view([1, 6]);
     let got = Vec::<Vec<f32>>::try_from(&positive_targets(&idx, &queue)).unwrap();
@@ -224,6 +239,7 @@ fn itc_targets_spread_over_every_caption_of_the_picture() {
 
 #[test]
 fn distinct_pictures_give_the_pretraining_losses_bit_for_bit() {
+    let _rng = rng_lock();
     let config = micro();
     let bs = config.train.batch_size;
     // Other captions and pixels every step (the same ones in every run), so that a queued
@@ -289,6 +305,7 @@ fn distinct_pictures_give_the_pretraining_losses_bit_for_bit() {
 
 #[test]
 fn given_negatives_of_the_same_picture_and_bad_pictures_are_refused() {
+    let _rng = rng_lock();
     let config = micro();
     let bs = config.train.batch_size;
     let (_config, _vs, model) = model(13);
@@ -331,6 +348,7 @@ fn given_negatives_of_the_same_picture_and_bad_pictures_are_refused() {
 
 #[test]
 fn masking_skips_cls_and_pad_and_follows_80_10_10() {
+    let _rng = rng_lock();
     tch::manual_seed(7);
     let (rows, len) = (4000, 30);
     let words = Tensor::randint_low(1000, 30522, [rows, len], (Kind::Int64, Device::Cpu));
@@ -378,6 +396,7 @@ fn masking_skips_cls_and_pad_and_follows_80_10_10() {
 
 #[test]
 fn gradients_reach_the_student_only_and_temp_stays_clamped() {
+    let _rng = rng_lock();
     let (config, vs, model) = model(8);
     tch::no_grad(|| {
         let _ = model.temp.shallow_clone().fill_(0.9);
