@@ -308,10 +308,11 @@ async fn runs_plot_writes_svg() {
         "--metric".into(),
         "loss".into(),
         "--out".into(),
-        "x.png".into(),
+        "x.gif".into(),
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PNG output is not supported yet"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("x.gif: expected a file name ending in .svg or .png"));
     let out = plot(&[
         d.failed.to_string(),
         "--metric".into(),
