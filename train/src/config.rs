@@ -245,14 +245,17 @@ pub fn check_queue(queue_size: i64, global_batch: i64) -> Result<()> {
     Ok(())
 }
 
-/// Parses a device name: `cpu`, `cuda` (the first GPU) or `cuda:N`.
+/// Parses a device name: `cpu`, `cuda` (the first GPU) or `cuda:N`. A CUDA device is checked
+/// to exist (loading libtorch's CUDA library on first use, see [`crate::cuda`]).
 pub fn parse_device(name: &str) -> Result<tch::Device> {
-    match name {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
+    let index = match name {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => 0,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(tch::Device::Cuda(n)),
+            Some(Ok(n)) => n,
             _ => bail!("unknown device {other:?}: expected cpu, cuda or cuda:N"),
         },
-    }
+    };
+    crate::cuda::ensure_device(index)?;
+    Ok(tch::Device::Cuda(index))
 }
