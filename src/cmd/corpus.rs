@@ -46,7 +46,12 @@ pub(super) struct GenerateArgs {
     /// Side of the square pictures in pixels
     #[arg(long, default_value_t = 160)]
     image_size: usize,
-    /// Pictures kept apart for evaluation [default: min(1000, n/5)]
+    /// Share of pictures with two objects in a relation ("a red circle above a blue square");
+    /// the rest show one object in a named place. 0 gives the easier single-object corpus
+    /// (1,728 possible scenes)
+    #[arg(long, default_value_t = synth::PAIR_SHARE)]
+    pair_share: f64,
+    /// Pictures kept apart for evaluation, with distinct scenes [default: min(1000, n/5)]
     #[arg(long)]
     heldout: Option<usize>,
     /// URL prefix written into urls.tsv and heldout.tsv (`corpus serve` rewrites it)
@@ -109,6 +114,7 @@ pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<synth::Summary> 
         noise: a.noise,
         dup_frac: a.dup_frac,
         image_size: a.image_size,
+        pair_share: a.pair_share,
         heldout: a.heldout.unwrap_or((a.n / 5).min(1000)),
         base_url: a.base_url.clone(),
         threads: a.threads,

@@ -134,6 +134,54 @@ fn bad_options_are_refused_with_the_reason() {
     opts.noise = 1.5;
     let e = generate(dir.path(), &opts).unwrap_err().to_string();
     assert!(e.contains("--noise 1.5"), "{e}");
+    opts.noise = 0.0;
+    opts.pair_share = -0.1;
+    let e = generate(dir.path(), &opts).unwrap_err().to_string();
+    assert!(e.contains("--pair-share -0.1"), "{e}");
+}
+
+#[test]
+fn single_object_corpus_has_distinct_heldout_scenes_and_a_clear_limit() {
+    // With no two-object scenes there are 8 colours x 4 shapes x 2 sizes x 9 places x 3
+    // backgrounds = 1,728 scenes; held-out pictures show distinct ones whatever the phrasing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(600, 5);
+    opts.pair_share = 0.0;
+    opts.heldout = 500;
+    opts.image_size = 32;
+    generate(dir.path(), &opts).unwrap();
+    let pairs = read_pairs(dir.path()).unwrap();
+    assert!(pairs.iter().all(|p| !p.caption.contains(" of a ")
+        && !p.caption.contains("above")
+        && !p.caption.contains("below")));
+    let scenes: HashSet<String> = pairs
+        .iter()
+        .filter(|p| p.split == Split::Heldout)
+        .map(|p| scene_key(&p.caption))
+        .collect();
+    assert_eq!(scenes.len(), 500);
+
+    let dir = tempfile::tempdir().unwrap();
+    opts.n = 2000;
+    opts.heldout = 1800;
+    let e = generate(dir.path(), &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("--heldout 1800") && e.contains("distinct scenes"),
+        "{e}"
+    );
+}
+
+/// A caption reduced to what it says, whatever the phrasing of `Scene::caption`.
+fn scene_key(caption: &str) -> String {
+    let background = ["white", "gray", "black"]
+        .into_iter()
+        .find(|b| caption.contains(b))
+        .unwrap();
+    let what = caption
+        .trim_start_matches(&format!("a {background} picture with "))
+        .trim_end_matches(&format!(" on a {background} background"))
+        .trim_end_matches(&format!(", {background} background"));
+    format!("{what} | {background}")
 }
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {

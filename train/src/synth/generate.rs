@@ -5,7 +5,7 @@
 //! duplicates (the same picture under another URL, or a resized re-encoded copy) are injected on
 //! request, so that the dedupe and filter stages have something real to find.
 use super::render::{encode_jpeg, render};
-use super::scene::{Scene, TEMPLATES};
+use super::scene::{Scene, PAIR_SHARE, TEMPLATES};
 use crate::data::rng::rng;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -25,6 +25,9 @@ pub struct GenerateOptions {
     pub dup_frac: f64,
     /// Side of the square pictures, in pixels.
     pub image_size: usize,
+    /// Share of pictures with two objects in a relation; the rest show a lone object in one of
+    /// nine places (1,728 possible scenes, an easier corpus with 0).
+    pub pair_share: f64,
     /// Pictures kept apart for evaluation (clean, no duplicates, distinct captions).
     pub heldout: usize,
     /// Written into the URL lists; `albef corpus serve` rewrites them with its own address.
@@ -40,6 +43,7 @@ impl Default for GenerateOptions {
             noise: 0.0,
             dup_frac: 0.0,
             image_size: 160,
+            pair_share: PAIR_SHARE,
             heldout: 0,
             base_url: "http://127.0.0.1:8000".into(),
             threads: 2,
@@ -120,12 +124,14 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
             opts.heldout
         );
     }
-    if !(0.0..=1.0).contains(&opts.noise) || !(0.0..=1.0).contains(&opts.dup_frac) {
-        bail!(
-            "--noise {} and --dup-frac {} must lie in [0, 1]",
-            opts.noise,
-            opts.dup_frac
-        );
+    for (flag, value) in [
+        ("--noise", opts.noise),
+        ("--dup-frac", opts.dup_frac),
+        ("--pair-share", opts.pair_share),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            bail!("{flag} {value} must lie in [0, 1]");
+        }
     }
     if !(32..=1024).contains(&opts.image_size) {
         bail!("--image-size {} must lie in 32..=1024", opts.image_size);
@@ -133,17 +139,29 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
     let images = dir.join("images");
     fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
 
-    // Scenes first (cheap, sequential: held-out captions must be distinct from each other).
+    // Scenes first (cheap, sequential: held-out scenes must be distinct from each other, in
+    // any phrasing, so that no held-out caption fits two held-out pictures).
     let train_count = opts.n - opts.heldout;
     let mut scenes = Vec::with_capacity(opts.n);
     let mut templates = Vec::with_capacity(opts.n);
-    let mut heldout_captions = HashSet::new();
+    let mut heldout_scenes = HashSet::new();
     for i in 0..opts.n {
         let mut r = rng(&[opts.seed, 0, i as u64]);
+        let mut tries = 0;
         loop {
-            let scene = Scene::sample(&mut r);
+            let scene = Scene::sample(&mut r, opts.pair_share);
             let template = r.usize(..TEMPLATES);
-            if i >= train_count && !heldout_captions.insert(scene.caption(template)) {
+            if i >= train_count && !heldout_scenes.insert(scene.caption(0)) {
+                tries += 1;
+                if tries == 10_000 {
+                    bail!(
+                        "--heldout {} asks for more distinct scenes than --pair-share {} \
+                         offers (found {})",
+                        opts.heldout,
+                        opts.pair_share,
+                        heldout_scenes.len()
+                    );
+                }
                 continue;
             }
             scenes.push(scene);

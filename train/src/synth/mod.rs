@@ -9,5 +9,6 @@ pub mod serve;
 pub mod shards;
 
 pub use generate::{generate, read_pairs, GenerateOptions, Pair, Split, Summary};
+pub use scene::PAIR_SHARE;
 pub use serve::{serve, CorpusServer};
 pub use shards::{corpus_to_shards, write_shard, ShardRow};

@@ -10,8 +10,18 @@ use image::ExtendedColorType;
 pub fn render(scene: &Scene, size: usize) -> Rgb {
     let background = tinted(BACKGROUNDS[scene.background].1, scene.background_tint);
     let mut pixels = Vec::with_capacity(size * size * 3);
-    for _ in 0..size * size {
-        pixels.extend_from_slice(&background);
+    let tau = std::f32::consts::TAU;
+    for y in 0..size {
+        let v = (y as f32 + 0.5) / size as f32;
+        for x in 0..size {
+            let u = (x as f32 + 0.5) / size as f32;
+            let light: f32 = scene
+                .shading
+                .iter()
+                .map(|w| w.amplitude * (tau * (w.fx * u + w.fy * v) + w.phase).cos())
+                .sum();
+            pixels.extend(background.map(|c| (c as f32 + light).round().clamp(0.0, 255.0) as u8));
+        }
     }
     let mut image = Rgb {
         width: size,
@@ -113,6 +123,7 @@ mod tests {
         let scene = Scene {
             background: 0,
             background_tint: [0; 3],
+            shading: Default::default(),
             layout: Layout::Alone { place: 6 },
             objects: vec![object],
         };
@@ -124,5 +135,35 @@ mod tests {
         assert_eq!(at(25, 75), COLOURS[4].1);
         assert_eq!(at(75, 25), BACKGROUNDS[0].1);
         assert_eq!(at(25, 25), BACKGROUNDS[0].1);
+    }
+
+    #[test]
+    fn shading_varies_the_background_within_its_bounds() {
+        let wave = |fx, fy, amplitude| crate::synth::scene::Wave {
+            fx,
+            fy,
+            phase: 0.3,
+            amplitude,
+        };
+        let scene = Scene {
+            background: 1,
+            background_tint: [0; 3],
+            shading: [wave(1.0, 0.0, 18.0), wave(0.5, 2.0, 12.0)],
+            layout: Layout::Pair {
+                relation: crate::synth::scene::Relation::Above,
+            },
+            objects: vec![],
+        };
+        let image = render(&scene, 64);
+        let base = BACKGROUNDS[1].1[0] as i32;
+        let values: Vec<i32> = image.pixels.iter().step_by(3).map(|&p| p as i32).collect();
+        let (lo, hi) = (values.iter().min().unwrap(), values.iter().max().unwrap());
+        assert!(
+            *lo >= base - 30 && *hi <= base + 30,
+            "{lo}..{hi} around {base}"
+        );
+        assert!(hi - lo > 30, "the light hardly varies: {lo}..{hi}");
+        let mean = values.iter().sum::<i32>() as f64 / values.len() as f64;
+        assert!((mean - base as f64).abs() < 8.0, "mean {mean} vs {base}");
     }
 }

@@ -119,23 +119,46 @@ pub enum Layout {
     Pair { relation: Relation },
 }
 
+/// One smooth brightness wave across the picture: `amplitude * cos(2 pi (fx x + fy y) + phase)`
+/// with x and y in [0, 1] of the image side.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Wave {
+    pub fx: f32,
+    pub fy: f32,
+    pub phase: f32,
+    pub amplitude: f32,
+}
+
+/// Largest amplitude of one shading wave, in 8-bit levels.
+pub const SHADE: f32 = 18.0;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scene {
     pub background: usize,
     pub background_tint: [i16; 3],
+    /// Gentle light across the background, different in every picture as in photographs: the
+    /// background keeps its colour name, and distinct pictures get distinct perceptual hashes
+    /// (on flat backgrounds, pictures with a small object in the same place hash alike, and
+    /// ingest's near-duplicate dedupe would drop them).
+    pub shading: [Wave; 2],
     pub layout: Layout,
     pub objects: Vec<Object>,
 }
+
+/// Share of two-object scenes in the default corpus; the rest show a lone object.
+pub const PAIR_SHARE: f64 = 0.7;
 
 /// Ways of saying the same scene; duplicates of an image get another one than the original.
 pub const TEMPLATES: usize = 3;
 
 impl Scene {
-    /// A random scene: 30% a lone object, 70% two objects in a relation.
-    pub fn sample(rng: &mut fastrand::Rng) -> Scene {
+    /// A random scene: a lone object, or with probability `pair_share` (the corpus default is
+    /// [`PAIR_SHARE`]) two objects in a relation.
+    pub fn sample(rng: &mut fastrand::Rng, pair_share: f64) -> Scene {
         let background = rng.usize(..BACKGROUNDS.len());
         let background_tint = tint(rng, 10);
-        if rng.f32() < 0.3 {
+        let shading = [wave(rng), wave(rng)];
+        if rng.f32() < (1.0 - pair_share) as f32 {
             let place = rng.usize(..PLACES.len());
             let (col, row) = ((place % 3) as f32, (place / 3) as f32);
             let mut object = sample_object(rng, 0.08, 0.16);
@@ -144,6 +167,7 @@ impl Scene {
             Scene {
                 background,
                 background_tint,
+                shading,
                 layout: Layout::Alone { place },
                 objects: vec![object],
             }
@@ -170,6 +194,7 @@ impl Scene {
             Scene {
                 background,
                 background_tint,
+                shading,
                 layout: Layout::Pair { relation },
                 objects: vec![a, b],
             }
@@ -211,6 +236,18 @@ fn sample_object(rng: &mut fastrand::Rng, small: f32, large: f32) -> Object {
     }
 }
 
+/// A shading wave of 0.5 to 3 cycles across the picture in a random direction.
+fn wave(rng: &mut fastrand::Rng) -> Wave {
+    let cycles = 0.5 + 2.5 * rng.f32();
+    let angle = rng.f32() * std::f32::consts::TAU;
+    Wave {
+        fx: cycles * angle.cos(),
+        fy: cycles * angle.sin(),
+        phase: rng.f32() * std::f32::consts::TAU,
+        amplitude: SHADE * (0.5 + 0.5 * rng.f32()),
+    }
+}
+
 /// Uniform in [-amount, amount].
 fn jitter(rng: &mut fastrand::Rng, amount: f32) -> f32 {
     (rng.f32() * 2.0 - 1.0) * amount
@@ -228,7 +265,7 @@ mod tests {
     fn captions_name_every_attribute() {
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..200 {
-            let scene = Scene::sample(&mut rng);
+            let scene = Scene::sample(&mut rng, PAIR_SHARE);
             let caption = scene.caption(0);
             for o in &scene.objects {
                 assert!(caption.contains(COLOURS[o.colour].0), "{caption}");
