@@ -115,6 +115,12 @@ pub struct TrainConfig {
     pub warmup_steps: i64,
     /// Learning rate at the first step of the warm-up.
     pub warmup_lr: f64,
+    /// The temperature's learning rate as a multiple of the scheduled one (1: as every other
+    /// parameter, the official recipe; 0: a fixed temperature). AdamW moves `temp` by about the
+    /// learning rate each step whatever its gradient, so the peak rates of short recipes
+    /// would drive it to its 0.001 floor within a few hundred steps.
+    #[serde(default = "default_one")]
+    pub temp_lr_scale: f64,
     /// Final learning rate of the cosine decay.
     pub min_lr: f64,
     /// Number of passes over the dataset.
@@ -168,6 +174,9 @@ fn default_cls() -> i64 {
 }
 fn default_mask() -> i64 {
     103
+}
+fn default_one() -> f64 {
+    1.0
 }
 fn default_betas() -> [f64; 2] {
     [0.9, 0.999]

@@ -19,6 +19,9 @@ pub const MOMENTUM_PAIRS: [(&str, &str); 4] = [
     ("text_proj", "text_proj_m"),
 ];
 
+/// The learnable temperature of ITC (a 0-d parameter).
+pub const TEMP: &str = "temp";
+
 /// The queue of pictures, a buffer that official pretraining checkpoints lack.
 pub const IDX_QUEUE: &str = "idx_queue";
 
@@ -84,7 +87,7 @@ impl Albef {
             true,
             precision,
         );
-        let temp = root.var("temp", &[], nn::Init::Const(cfg.temp));
+        let temp = root.var(TEMP, &[], nn::Init::Const(cfg.temp));
         let itm_head = Linear::new(&(&root / "itm_head"), t.hidden_size, 2, true, precision);
         let visual_encoder_m = VisionTransformer::new(&(&root / "visual_encoder_m"), v, precision);
         let vision_proj_m = Linear::new(

@@ -19,6 +19,9 @@ struct Param {
     /// Updates applied so far (torch keeps one count per parameter; a parameter without a
     /// gradient is skipped and its count does not advance).
     step: i64,
+    /// This parameter's learning rate as a multiple of the scheduled one (torch: a parameter
+    /// group of its own whose lr is scaled alike).
+    lr_scale: f64,
 }
 
 /// The optimiser's hyper-parameters.
@@ -69,6 +72,7 @@ impl AdamW {
                 exp_avg: var.tensor.zeros_like(),
                 exp_avg_sq: var.tensor.zeros_like(),
                 step: 0,
+                lr_scale: 1.0,
             });
         }
         params.sort_by(|a, b| a.name.cmp(&b.name));
@@ -85,6 +89,18 @@ impl AdamW {
                 .collect()
         };
         (names(DECAY_GROUP), names(NO_DECAY_GROUP))
+    }
+
+    /// Runs parameter `name` at `scale` times the scheduled learning rate (0 freezes it).
+    pub fn set_lr_scale(&mut self, name: &str, scale: f64) -> Result<()> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            bail!("the learning-rate scale of {name} must be finite and >= 0, got {scale}");
+        }
+        let Some(p) = self.params.iter_mut().find(|p| p.name == name) else {
+            bail!("no trainable parameter {name} to scale the learning rate of");
+        };
+        p.lr_scale = scale;
+        Ok(())
     }
 
     /// Clears every gradient.
@@ -135,6 +151,7 @@ impl AdamW {
                     continue;
                 }
                 p.step += 1;
+                let lr = lr * p.lr_scale;
                 let wd = if p.group == DECAY_GROUP {
                     self.options.weight_decay
                 } else {
@@ -265,6 +282,31 @@ mod tests {
         }
         assert!((b.double_value(&[0]) - 0.9).abs() < 1e-6);
         assert!((b.double_value(&[1]) - 1.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_scaled_parameter_moves_by_its_share_of_the_learning_rate() {
+        let (vs, w, b) = store();
+        let mut opt = AdamW::new(&vs, options()).unwrap();
+        opt.set_lr_scale("layer.bias", 0.25).unwrap();
+        opt.set_lr_scale("layer.weight", 0.0).unwrap();
+        backward(&w, &b, 1.0);
+        opt.step(0.1);
+        // The bias moves by 0.25 * lr against its gradient's sign; the weight, frozen, neither
+        // moves nor decays.
+        assert!((b.double_value(&[0]) - 0.975).abs() < 1e-6);
+        assert!((b.double_value(&[1]) - 1.025).abs() < 1e-6);
+        assert!(w.eq(1.0).all().int64_value(&[]) == 1);
+        let e = opt
+            .set_lr_scale("layer.nothing", 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer.nothing"), "{e}");
+        let e = opt
+            .set_lr_scale("layer.bias", -1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(">= 0"), "{e}");
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
         weight_decay: t.weight_decay,
     };
     let mut optimizer = AdamW::new(&vs, options)?;
+    optimizer
+        .set_lr_scale(model::albef::TEMP, t.temp_lr_scale)
+        .context("train.temp_lr_scale")?;
 
     let mut state = match job.resume {
         Some(loaded) => {
