@@ -59,8 +59,8 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this value
     #[arg(long)]
     clip_grad: Option<f64>,
-    /// Candidates per query re-ranked by ITM in evaluation
-    #[arg(long, default_value_t = 16)]
+    /// Candidates per query re-ranked by ITM in evaluation (0: rank by ITC alone)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(0..))]
     k_test: i64,
     /// Data loader worker threads
     #[arg(long, default_value_t = 2)]
@@ -87,8 +87,8 @@ pub struct EvalArgs {
     /// Model config (TOML) [default: the one saved beside the checkpoint]
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Candidates per query re-ranked by ITM
-    #[arg(long, default_value_t = 16)]
+    /// Candidates per query re-ranked by ITM (0: rank by ITC alone)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(0..))]
     k_test: i64,
     /// Device: cpu, cuda or cuda:N [default: the config's train.device]
     #[arg(long)]

@@ -56,6 +56,7 @@ pub fn evaluate_checkpoint(
 
 /// Zero-shot retrieval of `model` on every row of `loader` (which must be in eval mode): rows
 /// that show the same picture (the loader's `idx`) count as several captions of one image.
+/// `k_test` candidates per query are re-ranked by ITM; 0 ranks by ITC alone.
 pub fn evaluate(model: &Albef, loader: &Loader, device: Device, k_test: i64) -> Result<Recall> {
     tch::no_grad(|| {
         let f = features(model, loader, device)?;
@@ -78,12 +79,14 @@ pub fn evaluate(model: &Albef, loader: &Loader, device: Device, k_test: i64) -> 
             }
             Ok(scores)
         };
+        // k_test 0: the ITC ranking alone, without ITM re-ranking.
+        let rerank = (k_test > 0).then_some(&mut itm as &mut ItmScorer<'_>);
         retrieval(
             &f.image_feat,
             &f.text_feat,
             &f.text_to_image,
             k_test,
-            Some(&mut itm),
+            rerank,
         )
     })
 }
