@@ -90,14 +90,14 @@ fn queue_pointer_wraps_and_stores_the_features() {
             step as f64,
             (Kind::Float, Device::Cpu),
         );
-        let idx = Tensor::full([bs], step as i64, (Kind::Int64, Device::Cpu));
+        let idx = Tensor::full([bs], step, (Kind::Int64, Device::Cpu));
         model.enqueue(&feat, &feat, Some(&idx)).unwrap();
         let col = model.image_queue.narrow(1, ptr, bs);
         assert_eq!(col.min().double_value(&[]), step as f64);
         assert_eq!(col.max().double_value(&[]), step as f64);
         let pictures = model.idx_queue.narrow(1, ptr, bs);
-        assert_eq!(pictures.min().int64_value(&[]), step as i64);
-        assert_eq!(pictures.max().int64_value(&[]), step as i64);
+        assert_eq!(pictures.min().int64_value(&[]), step);
+        assert_eq!(pictures.max().int64_value(&[]), step);
         ptr = (ptr + bs) % q;
         assert_eq!(model.queue_ptr.int64_value(&[0]), ptr);
     }
