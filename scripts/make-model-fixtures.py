@@ -486,6 +486,10 @@ def bench(args):
     m, t = cfg["model"], cfg["train"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    # Every tensor the model and the step make lands on the device (the official code moves the
+    # model and the batch there).
+    torch.set_default_device(args.device)
     torch.manual_seed(0)
     model = Albef(m).train()
     model.copy_params()
@@ -498,14 +502,18 @@ def bench(args):
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         mlm_ids, mlm_labels = mask_tokens(ids, m)
-        itc, itm, mlm = model(image, ids, att, m["alpha"], mlm_ids, mlm_labels, full_vocab=not args.masked_only)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp):
+            itc, itm, mlm = model(image, ids, att, m["alpha"], mlm_ids, mlm_labels, full_vocab=not args.masked_only)
         opt.zero_grad()
         (itc + itm + mlm).backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         if i >= args.warmup:
             times.append((time.perf_counter() - start) * 1e3)
     print(json.dumps({"median_step_ms": statistics.median(times), "steps": len(times),
-                      "threads": torch.get_num_threads(), "torch": torch.__version__, "step_ms": times}))
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
+                      "amp": cuda and args.amp, "step_ms": times}))
 
 
 def main():
@@ -519,6 +527,8 @@ def main():
     b.add_argument("--steps", type=int, default=10, help="timed steps")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    b.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     b.add_argument("--masked-only", action="store_true", help="vocabulary projection at masked rows only")
     a = ap.parse_args()
     fixtures(a) if a.cmd == "fixtures" else bench(a)
