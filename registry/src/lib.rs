@@ -27,6 +27,7 @@ mod promotion;
 mod runs;
 pub mod scheduler;
 mod search;
+mod sqlite_raw;
 pub mod views;
 
 pub use checkpoints::Checkpoint;

@@ -3,8 +3,8 @@
 //! writes a batch every `batch` points or every `interval`, whichever comes first, and at
 //! [`MetricWriter::finish`]. Each batch is one transaction that inserts the points and updates the
 //! per-run summaries (last, min, max, count) together: on Postgres `INSERT ... SELECT FROM UNNEST`
-//! of arrays, on SQLite multi-row inserts through cached prepared statements under
-//! `BEGIN IMMEDIATE`; the summaries are computed in memory, one upsert per key and flush.
+//! of arrays, on SQLite one prepared statement stepped per point under `BEGIN IMMEDIATE`; the
+//! summaries are computed in memory, one upsert per key and flush.
 //!
 //! From a synchronous thread (tch training code), keep a `tokio::runtime::Handle` from the
 //! runtime that created the writer, call `log` freely, and end with
@@ -138,7 +138,7 @@ async fn drain(
         };
         let due = closed || tick || buffer.len() >= batch;
         if !buffer.is_empty() && due {
-            if let Err(e) = write_points(&db, run, &buffer).await {
+            if let Err(e) = write_points(&db, run, &buffer, closed).await {
                 *failure.lock().expect("failure slot poisoned") = Some(format!("{e:#}"));
                 rx.close();
                 return Err(e);
@@ -151,22 +151,31 @@ async fn drain(
     }
 }
 
-/// Rows per multi-row INSERT on SQLite (3 values each, under its 32,766 parameter limit).
-const SQLITE_ROWS_PER_INSERT: usize = 1000;
-
 /// Inserts points of one run and updates its summaries, in one transaction. The transaction
 /// first locks the run against other writers (Postgres: the run's row; SQLite: the database
 /// write lock of `BEGIN IMMEDIATE`), so that the steps already stored can be read and left out
 /// and the rest go in as plain inserts, with no per-row conflict handling; the summaries are
 /// computed from what is inserted and upserted once per key.
-async fn write_points(db: &Db, run: i64, points: &[Point]) -> Result<()> {
-    write_batch(db, run, points)
+///
+/// Only the last flush (`durable`, at finish) waits for the disk. Earlier flushes commit without
+/// waiting for their WAL to be flushed (Postgres `synchronous_commit = off` for the transaction;
+/// SQLite runs with `synchronous = NORMAL` in WAL mode): a crash of the database server or the
+/// machine can lose the last fraction of a second of points, never part of a batch, and a crash
+/// of the training process loses nothing already flushed. The durable commit at finish makes
+/// every earlier one durable too, as the WAL is written in order.
+async fn write_points(db: &Db, run: i64, points: &[Point], durable: bool) -> Result<()> {
+    write_batch(db, run, points, durable)
         .await
         .with_context(|| format!("writing {} metric points of run {run}", points.len()))
 }
 
-async fn write_batch(db: &Db, run: i64, points: &[Point]) -> Result<()> {
+async fn write_batch(db: &Db, run: i64, points: &[Point], durable: bool) -> Result<()> {
     let mut tx = db.begin().await?;
+    if let (false, Tx::Pg(t)) = (durable, &mut tx) {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut **t)
+            .await?;
+    }
     let lock = match tx.dialect() {
         Dialect::Postgres => "SELECT id FROM runs WHERE id = $1 FOR NO KEY UPDATE",
         Dialect::Sqlite => "SELECT id FROM runs WHERE id = $1",
@@ -292,9 +301,34 @@ fn summarise<'a>(sorted: &[&'a Point]) -> Vec<Delta<'a>> {
     deltas
 }
 
-const PG_INSERT: &str = "\
-INSERT INTO metrics (run_id, key, step, value, logged_at)
-SELECT $1, k, s, v, $5 FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS t(k, s, v)";
+/// The points go in through `COPY ... FROM STDIN` in the binary format: no SQL to parse per
+/// batch, no arrays to build and unpack.
+const PG_COPY: &str =
+    "COPY metrics (run_id, key, step, value, logged_at) FROM STDIN WITH (FORMAT binary)";
+
+/// The binary COPY stream of `points`: the signature, flags and header extension, then per row
+/// the field count and each field as its length and big-endian value, then the -1 trailer.
+fn pg_copy_rows(run: i64, now: i64, points: &[&Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19 + points.len() * 58 + 2);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    for p in points {
+        out.extend_from_slice(&5i16.to_be_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&run.to_be_bytes());
+        out.extend_from_slice(&(p.key.len() as i32).to_be_bytes());
+        out.extend_from_slice(p.key.as_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&p.step.to_be_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&p.value.to_bits().to_be_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&now.to_be_bytes());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
 
 const PG_SUMMARY: &str = "\
 INSERT INTO metric_summaries (run_id, key, last_value, last_step, min_value, max_value, count)
@@ -309,7 +343,7 @@ ON CONFLICT (run_id, key) DO UPDATE SET
     max_value = GREATEST(metric_summaries.max_value, excluded.max_value),
     count = metric_summaries.count + excluded.count";
 
-/// Postgres: one INSERT over `UNNEST` arrays for the points, one for the summaries.
+/// Postgres: a binary COPY for the points, one INSERT over `UNNEST` arrays for the summaries.
 async fn write_pg(
     t: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     run: i64,
@@ -317,14 +351,12 @@ async fn write_pg(
     points: &[&Point],
     deltas: &[Delta<'_>],
 ) -> Result<()> {
-    sqlx::query(PG_INSERT)
-        .bind(run)
-        .bind(points.iter().map(|p| &*p.key).collect::<Vec<&str>>())
-        .bind(points.iter().map(|p| p.step).collect::<Vec<i64>>())
-        .bind(points.iter().map(|p| p.value).collect::<Vec<f64>>())
-        .bind(now)
-        .execute(&mut **t)
-        .await?;
+    let mut copy = t.copy_in_raw(PG_COPY).await?;
+    copy.send(pg_copy_rows(run, now, points)).await?;
+    let copied = copy.finish().await?;
+    if copied != points.len() as u64 {
+        bail!("COPY stored {copied} of {} metric points", points.len());
+    }
     sqlx::query(PG_SUMMARY)
         .bind(run)
         .bind(deltas.iter().map(|d| d.key).collect::<Vec<&str>>())
@@ -349,19 +381,8 @@ ON CONFLICT (run_id, key) DO UPDATE SET
     max_value = max(metric_summaries.max_value, excluded.max_value),
     count = metric_summaries.count + excluded.count";
 
-fn sqlite_insert(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES ");
-    for i in 0..rows {
-        let b = 3 + 3 * i;
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!("($1,${},${},${},$2)", b, b + 1, b + 2));
-    }
-    sql
-}
-
-/// SQLite: multi-row inserts through cached prepared statements, then one upsert per key.
+/// SQLite: the points through one prepared statement stepped per row on the connection's own
+/// handle (see [`crate::sqlite_raw`]), then one upsert per key through sqlx.
 async fn write_sqlite(
     t: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     run: i64,
@@ -369,20 +390,25 @@ async fn write_sqlite(
     points: &[&Point],
     deltas: &[Delta<'_>],
 ) -> Result<()> {
-    let full = sqlite_insert(SQLITE_ROWS_PER_INSERT);
-    for chunk in points.chunks(SQLITE_ROWS_PER_INSERT) {
-        let partial;
-        let sql = if chunk.len() == SQLITE_ROWS_PER_INSERT {
-            &full
-        } else {
-            partial = sqlite_insert(chunk.len());
-            &partial
-        };
-        let mut q = sqlx::query(sql).bind(run).bind(now);
-        for p in chunk {
-            q = q.bind(&*p.key).bind(p.step).bind(p.value);
+    {
+        let mut handle = t.lock_handle().await?;
+        let mut insert = crate::sqlite_raw::Statement::prepare(
+            &mut handle,
+            "INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        insert.bind_i64(1, run)?;
+        insert.bind_i64(5, now)?;
+        let mut key: Option<&str> = None;
+        for p in points {
+            // Sorted by key: each key is bound once.
+            if key != Some(&*p.key) {
+                insert.bind_text(2, &p.key)?;
+                key = Some(&p.key);
+            }
+            insert.bind_i64(3, p.step)?;
+            insert.bind_f64(4, p.value)?;
+            insert.execute()?;
         }
-        q.execute(&mut **t).await?;
     }
     for d in deltas {
         sqlx::query(SQLITE_SUMMARY)
@@ -437,14 +463,6 @@ mod tests {
                     count: 3
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn sqlite_insert_numbers_parameters() {
-        assert_eq!(
-            super::sqlite_insert(2),
-            "INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES ($1,$3,$4,$5,$2),($1,$6,$7,$8,$2)"
         );
     }
 }

@@ -22,6 +22,12 @@ async fn run_lifecycle_and_metric_summaries() {
             w.log("loss", i as i64, *v)?;
         }
         w.log("acc", 0, 0.5)?;
+        // Values whose decimal forms are long or extreme come back bit for bit.
+        // (Not -0.0: SQLite stores it as the integer 0.)
+        let exact = [0.1 + 0.2, 1.0 / 3.0, f64::MIN_POSITIVE, -1.7e308, 5e-324];
+        for (step, v) in exact.iter().enumerate() {
+            w.log("exact", step as i64, *v)?;
+        }
         w.finish().await?;
         let d = reg.run_detail(run).await?;
         assert_eq!(d.run.status, RunStatus::Running);
@@ -34,8 +40,11 @@ async fn run_lifecycle_and_metric_summaries() {
         assert_eq!(loss.min, values.iter().cloned().fold(f64::INFINITY, f64::min));
         assert_eq!(loss.max, values.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
         let hist = reg.metric_history(run, "loss").await?;
-        assert_eq!(hist.len(), 100);
-        assert_eq!(hist[3].value, values[3]);
+        assert_eq!(hist.iter().map(|p| p.value).collect::<Vec<_>>(), values);
+        assert_eq!(hist.iter().map(|p| p.step).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let stored: Vec<f64> = reg.metric_history(run, "exact").await?.iter().map(|p| p.value).collect();
+        assert_eq!(bits(&stored), bits(&exact));
 
         // Re-logging a stored step keeps the first value and does not count twice.
         let w = reg.metric_writer(run);
