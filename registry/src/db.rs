@@ -168,6 +168,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "scheduler",
         include_str!("../../migrations/postgres/0002_scheduler.sql"),
     ),
+    (
+        3,
+        "summary order indexes",
+        include_str!("../../migrations/postgres/0003_summary_order_indexes.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -184,6 +189,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "metrics without rowid",
         include_str!("../../migrations/sqlite/0003_metrics_without_rowid.sql"),
+    ),
+    (
+        4,
+        "summary order indexes",
+        include_str!("../../migrations/sqlite/0004_summary_order_indexes.sql"),
     ),
 ];
 

@@ -1,5 +1,6 @@
 //! `runs search`: the filter language applied to the registry, shared by the CLI, the web API and
 //! the benchmark so that all three measure and run the same path.
+use crate::db::Dialect;
 use crate::filter::sql::{order_sql, where_sql, Param, SqlParams};
 use crate::filter::{parse_filter, parse_order_by, Field};
 use crate::runs::{run_from_row, Run, RUN_COLUMNS};
@@ -70,11 +71,43 @@ impl Registry {
             conditions.join(" AND ")
         };
         let limit_param = params.push(Param::Int(limit));
-        let sql = format!(
-            "SELECT {RUN_COLUMNS}{} FROM runs r JOIN experiments e ON e.id = r.experiment_id{} \
-             WHERE {condition} ORDER BY {} LIMIT {limit_param}",
-            order.columns, order.joins, order.order
-        );
+        let from = "FROM runs r JOIN experiments e ON e.id = r.experiment_id";
+        let columns = format!("{RUN_COLUMNS}{}", order.columns);
+        let sql = match &order.split {
+            None => format!(
+                "SELECT {columns} {from}{} WHERE {condition} ORDER BY {} LIMIT {limit_param}",
+                order.joins, order.order
+            ),
+            // The runs with the first term's row, driven by its table (CROSS JOIN keeps that
+            // table the outer loop on SQLite, whose planner also needs to be told the index; to
+            // Postgres it is a plain join), then the runs without it, read only when the first
+            // part is short: the count is a constant condition, checked before the tail's scan
+            // begins (inside the tail, so that SQLite checks it before sorting). One statement,
+            // so one snapshot.
+            Some(split) => format!(
+                "WITH head AS (SELECT {columns} FROM {} j0{} \
+                 CROSS JOIN runs r CROSS JOIN experiments e{} \
+                 WHERE j0.key = {} AND r.id = j0.run_id AND e.id = r.experiment_id \
+                 AND ({condition}) ORDER BY {} LIMIT {limit_param}) \
+                 SELECT * FROM head UNION ALL \
+                 SELECT * FROM (SELECT {columns} {from}{} WHERE ({condition}) AND {} \
+                 AND (SELECT count(*) FROM head) < {limit_param} \
+                 ORDER BY {} LIMIT {limit_param}) tail \
+                 ORDER BY {} LIMIT {limit_param}",
+                split.table,
+                match self.db.dialect() {
+                    Dialect::Sqlite => format!(" INDEXED BY {}", split.index),
+                    Dialect::Postgres => String::new(),
+                },
+                split.other_joins,
+                split.key,
+                split.order,
+                order.joins,
+                split.missing,
+                order.order,
+                split.outer
+            ),
+        };
         let mut q = self.db.q_str(&sql);
         for p in params.values {
             q = match p {

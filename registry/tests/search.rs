@@ -118,6 +118,64 @@ async fn search_grammar_cases() {
             vec![("min(metrics.loss)".to_string(), json!(4.0))]
         );
 
+        // Ordered first by a metric that only some runs have: those runs by it (ties by the
+        // next term, then newest first), then the others; the limit cuts across both parts.
+        for (i, v) in [(1, 0.5), (4, 0.5), (2, 0.25)] {
+            let w = reg.metric_writer(r(i));
+            w.log("acc", 0, v)?;
+            w.finish().await?;
+        }
+        let by = |order: &'static str, limit: i64| {
+            let reg = reg.clone();
+            async move {
+                let hits = reg
+                    .search_runs(&RunSearch {
+                        order_by: Some(order.into()),
+                        limit: Some(limit),
+                        ..Default::default()
+                    })
+                    .await?;
+                anyhow::Ok(
+                    hits.into_iter()
+                        .map(|h| (h.run.id, h.values[0].1.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        let (acc, none) = (|v: f64| json!(v), json!(null));
+        assert_eq!(
+            by("metrics.acc ASC, name DESC", 10).await?,
+            vec![
+                (r(2), acc(0.25)),
+                (r(4), acc(0.5)),
+                (r(1), acc(0.5)),
+                (r(5), none.clone()),
+                (r(3), none.clone()),
+                (r(0), none.clone())
+            ]
+        );
+        assert_eq!(
+            by("metrics.acc ASC, name DESC", 2).await?,
+            vec![(r(2), acc(0.25)), (r(4), acc(0.5))]
+        );
+        assert_eq!(
+            by("metrics.acc DESC", 4).await?,
+            vec![
+                (r(4), acc(0.5)),
+                (r(1), acc(0.5)),
+                (r(2), acc(0.25)),
+                (r(5), none.clone())
+            ]
+        );
+        assert_eq!(
+            by("params.lr DESC", 3)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>(),
+            vec![r(5), r(2), r(4)]
+        );
+
         let e = err_text(ids(&reg, "metrics.loss < 'x'", None).await);
         assert!(
             e.contains("filter: metrics.loss compares with numbers") && e.contains("column 16"),

@@ -50,6 +50,15 @@ fn metric_column(agg: Agg) -> &'static str {
     }
 }
 
+/// The index on (key, column) of a metric summary column (migrations 0001 and 0003/0004).
+fn metric_index(agg: Agg) -> &'static str {
+    match agg {
+        Agg::Last => "metric_summaries_key_last",
+        Agg::Min => "metric_summaries_key_min",
+        Agg::Max => "metric_summaries_key_max",
+    }
+}
+
 fn attr_column(a: Attr) -> &'static str {
     match a {
         Attr::Id => "r.id",
@@ -109,33 +118,101 @@ pub struct OrderSql {
     pub joins: String,
     pub columns: String,
     pub order: String,
+    /// Set when the first term reads a metric, param or tag; see [`FirstTermSplit`].
+    pub split: Option<FirstTermSplit>,
+}
+
+/// A search ordered first by a metric, param or tag, split in two so that the index on
+/// (key, value) can serve the top N: the runs that have the first term's row, read from that
+/// table in index order and joined to their runs (a scan that stops after N rows), then, only when
+/// those are fewer than N, the runs without it (ordered by the other terms). With a LEFT JOIN
+/// instead, both planners join and sort every run that passes the filter before they can take
+/// the first N.
+#[derive(Debug, Default)]
+pub struct FirstTermSplit {
+    /// The first term's table (alias `j0`), the placeholder of its key, and the index on
+    /// (key, column) that orders it.
+    pub table: &'static str,
+    pub key: String,
+    pub index: &'static str,
+    /// The joins of the other terms.
+    pub other_joins: String,
+    /// `order` with the first term's NULLS LAST dropped (its column is never NULL there), so
+    /// that the index order matches.
+    pub order: String,
+    /// The condition that keeps the runs without the first term's row.
+    pub missing: String,
+    /// The ORDER BY of the combined rows, by the selected `oN` and `id`.
+    pub outer: String,
+}
+
+/// Attributes that are never NULL: ordered without NULLS LAST, which would keep a plain index
+/// from serving the order.
+fn not_null(a: Attr) -> bool {
+    !matches!(a, Attr::EndTime)
 }
 
 pub fn order_sql(terms: &[OrderTerm], params: &mut SqlParams) -> OrderSql {
     let mut out = OrderSql::default();
+    let mut joins = Vec::new();
     let mut order = Vec::new();
+    let mut outer = Vec::new();
     for (i, term) in terms.iter().enumerate() {
         let alias = format!("o{i}");
-        let expr = match &term.field {
-            Field::Attr(a) => attr_column(*a).to_string(),
+        let dir = if term.descending { "DESC" } else { "ASC" };
+        let (expr, nulls) = match &term.field {
+            Field::Attr(a) => (
+                attr_column(*a).to_string(),
+                if not_null(*a) { "" } else { " NULLS LAST" },
+            ),
             field => {
-                let (table, key, col) = match field {
-                    Field::Metric { key, agg } => ("metric_summaries", key, metric_column(*agg)),
-                    Field::Param(key) => ("params", key, "value"),
-                    Field::Tag(key) => ("tags", key, "value"),
+                let (table, key, col, index) = match field {
+                    Field::Metric { key, agg } => (
+                        "metric_summaries",
+                        key,
+                        metric_column(*agg),
+                        metric_index(*agg),
+                    ),
+                    Field::Param(key) => ("params", key, "value", "params_key_value"),
+                    Field::Tag(key) => ("tags", key, "value", "tags_key_value"),
                     Field::Attr(_) => unreachable!("handled above"),
                 };
                 let key = params.push(Param::Text(key.clone()));
-                out.joins +=
-                    &format!(" LEFT JOIN {table} j{i} ON j{i}.run_id = r.id AND j{i}.key = {key}");
-                format!("j{i}.{col}")
+                joins.push(format!(
+                    "{table} j{i} ON j{i}.run_id = r.id AND j{i}.key = {key}"
+                ));
+                if i == 0 {
+                    out.split = Some(FirstTermSplit {
+                        table,
+                        key,
+                        index,
+                        ..Default::default()
+                    });
+                }
+                (format!("j{i}.{col}"), " NULLS LAST")
             }
         };
         out.columns += &format!(", {expr} AS {alias}");
-        let dir = if term.descending { "DESC" } else { "ASC" };
-        order.push(format!("{expr} {dir} NULLS LAST"));
+        order.push(format!("{expr} {dir}{nulls}"));
+        outer.push(format!("{alias} {dir}{nulls}"));
+        if let (0, Some(split)) = (i, &mut out.split) {
+            split.order = format!("{expr} {dir}");
+            split.missing = "j0.run_id IS NULL".into();
+        }
     }
     order.push("r.id DESC".into());
+    outer.push("id DESC".into());
+    let left =
+        |joins: &[String]| -> String { joins.iter().map(|j| format!(" LEFT JOIN {j}")).collect() };
+    out.joins = left(&joins);
+    if let Some(split) = &mut out.split {
+        split.other_joins = left(&joins[1..]);
+        split.order = std::iter::once(split.order.as_str())
+            .chain(order[1..].iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ");
+        split.outer = outer.join(", ");
+    }
     out.order = order.join(", ");
     out
 }
@@ -194,17 +271,54 @@ mod tests {
     fn ordering_joins_each_term() {
         let mut params = SqlParams::default();
         let o = order_sql(
-            &parse_order_by("min(metrics.loss), status DESC").unwrap(),
+            &parse_order_by("min(metrics.loss), status DESC, params.lr").unwrap(),
             &mut params,
         );
         assert_eq!(
             o.joins,
-            " LEFT JOIN metric_summaries j0 ON j0.run_id = r.id AND j0.key = $1"
+            " LEFT JOIN metric_summaries j0 ON j0.run_id = r.id AND j0.key = $1 \
+             LEFT JOIN params j2 ON j2.run_id = r.id AND j2.key = $2"
         );
-        assert_eq!(o.columns, ", j0.min_value AS o0, r.status AS o1");
+        assert_eq!(
+            o.columns,
+            ", j0.min_value AS o0, r.status AS o1, j2.value AS o2"
+        );
+        // Attributes that are never NULL are ordered without NULLS LAST.
         assert_eq!(
             o.order,
-            "j0.min_value ASC NULLS LAST, r.status DESC NULLS LAST, r.id DESC"
+            "j0.min_value ASC NULLS LAST, r.status DESC, j2.value ASC NULLS LAST, r.id DESC"
+        );
+        let split = o.split.expect("ordered first by a metric");
+        assert_eq!(
+            (split.table, split.key.as_str(), split.index),
+            ("metric_summaries", "$1", "metric_summaries_key_min")
+        );
+        assert_eq!(
+            split.other_joins,
+            " LEFT JOIN params j2 ON j2.run_id = r.id AND j2.key = $2"
+        );
+        assert_eq!(
+            split.order,
+            "j0.min_value ASC, r.status DESC, j2.value ASC NULLS LAST, r.id DESC"
+        );
+        assert_eq!(split.missing, "j0.run_id IS NULL");
+        assert_eq!(
+            split.outer,
+            "o0 ASC NULLS LAST, o1 DESC, o2 ASC NULLS LAST, id DESC"
+        );
+    }
+
+    #[test]
+    fn attribute_first_orderings_are_not_split() {
+        let mut params = SqlParams::default();
+        let o = order_sql(
+            &parse_order_by("end_time DESC, max(metrics.acc)").unwrap(),
+            &mut params,
+        );
+        assert!(o.split.is_none());
+        assert_eq!(
+            o.order,
+            "r.end_time DESC NULLS LAST, j1.max_value ASC NULLS LAST, r.id DESC"
         );
     }
 }
