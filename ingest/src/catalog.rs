@@ -97,28 +97,14 @@ async fn open_version(
     Ok(version)
 }
 
-/// Runs the ingest as version N+1 of `dataset` (or continues the version the folder holds),
-/// registers its complete shards and finishes the version once every shard is complete.
-pub async fn ingest(
+/// Registers the complete shards of `version` and finishes it once all `expected` are complete;
+/// returns whether this call finished it.
+async fn register(
     reg: &Registry,
-    dataset: &str,
-    mut cfg: IngestConfig,
-    params: serde_json::Value,
-    stop: Arc<AtomicBool>,
-) -> Result<Outcome> {
-    cfg.output = absolute(&cfg.output)?;
-    let uri = cfg.output.display().to_string();
-    let version = open_version(reg, dataset, &cfg, &uri, params).await?;
-    let parent_index = match version.parent_id {
-        Some(id) => Some(PathBuf::from(reg.dataset_version_by_id(id).await?.uri).join(INDEX_FILE)),
-        None => None,
-    };
-    let lineage = Lineage {
-        parent_index,
-        key_prefix: format!("{dataset}@{}/", version.version),
-    };
-    let summary = pipeline::run(&cfg, &lineage, stop).await?;
-
+    cfg: &IngestConfig,
+    version: &DatasetVersion,
+    expected: u64,
+) -> Result<bool> {
     let complete = shard::complete_shards(&cfg.output)?;
     let mut total = crate::stats::Stats::default();
     for &s in &complete {
@@ -139,12 +125,120 @@ pub async fn ingest(
         )
         .await?;
     }
-    let expected = summary.input_rows.div_ceil(cfg.shard_size);
     let finished = complete.len() as u64 == expected && version.status == "BUILDING";
     if finished {
         reg.finish_dataset_version(version.id, serde_json::to_value(&total)?)
             .await?;
     }
+    Ok(finished)
+}
+
+/// Opens the version that an ingest into `cfg.output` writes (the folder's, or a new one), as
+/// [`ingest`] does first. Workers that share a list by claims call it under the dataset lock, so
+/// that they join one version.
+pub async fn join_version(
+    reg: &Registry,
+    dataset: &str,
+    cfg: &IngestConfig,
+    params: serde_json::Value,
+) -> Result<DatasetVersion> {
+    let output = absolute(&cfg.output)?;
+    let uri = output.display().to_string();
+    let cfg = IngestConfig {
+        output,
+        ..cfg.clone()
+    };
+    open_version(reg, dataset, &cfg, &uri, params).await
+}
+
+/// Runs the ingest as version N+1 of `dataset` (or continues the version the folder holds),
+/// registers its complete shards and finishes the version once every shard is complete.
+pub async fn ingest(
+    reg: &Registry,
+    dataset: &str,
+    mut cfg: IngestConfig,
+    params: serde_json::Value,
+    stop: Arc<AtomicBool>,
+) -> Result<Outcome> {
+    cfg.output = absolute(&cfg.output)?;
+    let uri = cfg.output.display().to_string();
+    let version = open_version(reg, dataset, &cfg, &uri, params).await?;
+    if let Some(claims) = &mut cfg.claims {
+        claims.scope = format!("ingest-shards:{}", version.id);
+    }
+    let parent_index = match version.parent_id {
+        Some(id) => Some(PathBuf::from(reg.dataset_version_by_id(id).await?.uri).join(INDEX_FILE)),
+        None => None,
+    };
+    let lineage = Lineage {
+        parent_index,
+        key_prefix: format!("{dataset}@{}/", version.version),
+    };
+    let mut summary = pipeline::run(&cfg, &lineage, stop.clone()).await?;
+    if let Some(claims) = &cfg.claims {
+        // Pass again while some shard is incomplete and claimable (never claimed, or its
+        // worker's lease ran out); wait while the rest are held by live workers, and until
+        // every claim of a complete shard is marked done.
+        let expected = summary.input_rows.div_ceil(cfg.shard_size);
+        while !summary.interrupted && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let complete: std::collections::HashSet<u64> =
+                shard::complete_shards(&cfg.output)?.into_iter().collect();
+            let leases: std::collections::HashMap<String, albef_registry::UnitLease> = claims
+                .reg
+                .unit_leases(&claims.scope)
+                .await?
+                .into_iter()
+                .map(|l| (l.unit.clone(), l))
+                .collect();
+            // A shard committed by a worker that died before it marked its claim done: this
+            // worker takes the claim over and marks it.
+            for s in &complete {
+                let unit = s.to_string();
+                if leases.get(&unit).is_some_and(|l| !l.done && l.expired)
+                    && claims
+                        .reg
+                        .try_claim_unit(&claims.scope, &unit, &claims.owner, claims.lease)
+                        .await?
+                {
+                    claims
+                        .reg
+                        .complete_unit(&claims.scope, &unit, &claims.owner)
+                        .await?;
+                }
+            }
+            let open: Vec<Option<&albef_registry::UnitLease>> = (0..expected)
+                .filter(|s| !complete.contains(s))
+                .map(|s| leases.get(&s.to_string()))
+                .collect();
+            if open.iter().any(|l| l.is_none_or(|l| !l.done && l.expired)) {
+                summary.absorb(pipeline::run(&cfg, &lineage, stop.clone()).await?);
+            } else if open.iter().any(|l| l.is_some_and(|l| !l.done))
+                || complete
+                    .iter()
+                    .any(|s| leases.get(&s.to_string()).is_some_and(|l| !l.done))
+            {
+                tokio::time::sleep((claims.lease / 4).min(Duration::from_secs(1))).await;
+            } else {
+                // Complete or marked done by their workers (a done shard's files are theirs
+                // to commit; nothing is left for this worker).
+                break;
+            }
+        }
+    }
+
+    let expected = summary.input_rows.div_ceil(cfg.shard_size);
+    let finished = match register(reg, &cfg, &version, expected).await {
+        Ok(finished) => finished,
+        // Workers sharing the list by claims register concurrently; the one that finishes the
+        // version has registered every shard, and the others may then fail on it.
+        Err(e) if cfg.claims.is_some() => {
+            if reg.dataset_version_by_id(version.id).await?.status != "FINISHED" {
+                return Err(e);
+            }
+            false
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Outcome {
         dataset: dataset.to_string(),
         version: version.version,

@@ -17,7 +17,7 @@ pub mod shard;
 pub mod source;
 pub mod stats;
 
-pub use pipeline::{run, IngestConfig, Lineage, Summary};
+pub use pipeline::{run, IngestConfig, Lineage, ShardClaims, Summary};
 
 /// Default largest pHash Hamming distance between near duplicates, chosen from the table that
 /// `scripts/bench-dedupe` prints (ingest/tests/near_dup.rs): the largest distance at which at

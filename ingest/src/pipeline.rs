@@ -29,6 +29,8 @@ pub struct IngestConfig {
     /// This worker takes the shards with `shard % num_workers == worker_index`.
     pub worker_index: u64,
     pub num_workers: u64,
+    /// Instead: take the shards claimed through the registry (see [`ShardClaims`]).
+    pub claims: Option<ShardClaims>,
     pub fetch: FetchConfig,
     pub image: ImageConfig,
     /// URL, sha256 and pHash dedupe (off: every row is fetched and kept).
@@ -51,6 +53,7 @@ impl Default for IngestConfig {
             shard_size: 10_000,
             worker_index: 0,
             num_workers: 1,
+            claims: None,
             fetch: FetchConfig::default(),
             image: ImageConfig::default(),
             dedupe: true,
@@ -59,6 +62,68 @@ impl Default for IngestConfig {
             image_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: true,
         }
+    }
+}
+
+/// Shards shared by any number of workers through the registry's work leases: a worker claims a
+/// shard when its reader reaches the shard's first row and it is neither complete nor held by a
+/// live lease, renews the claims it holds every third of `lease`, and completes a claim once the
+/// shard is committed. A worker that dies loses its claims when their leases run out, and
+/// another worker takes those shards over ([`crate::catalog::ingest`] repeats its pass until
+/// every shard is complete).
+#[derive(Clone, Debug)]
+pub struct ShardClaims {
+    pub reg: albef_registry::Registry,
+    /// The `work_leases` scope: one per dataset version.
+    pub scope: String,
+    /// Names this worker in the leases.
+    pub owner: String,
+    pub lease: Duration,
+}
+
+/// Shards a claiming worker holds at once: the one being finished and the next. A worker
+/// claims its next shard only when it has room, so that the shards spread over the workers.
+const CLAIMS_AT_ONCE: usize = 2;
+
+/// Renews the claims in `held` while the run goes on, completes those whose shard has been
+/// committed, and, when a renewal finds a claim lost, stops the run and says so. Ends, after a
+/// last completion pass, when `ending` is set.
+async fn keep_claims(
+    c: ShardClaims,
+    output: PathBuf,
+    held: Arc<Mutex<HashSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    ending: Arc<AtomicBool>,
+) -> Result<()> {
+    let renew_every = c.lease / 3;
+    let mut renewed = Instant::now();
+    loop {
+        let last = ending.load(Ordering::Relaxed);
+        let mine: Vec<u64> = held.lock().expect("claims lock").iter().copied().collect();
+        for s in mine {
+            let unit = s.to_string();
+            if shard::stats_path(&output, s).exists() {
+                c.reg.complete_unit(&c.scope, &unit, &c.owner).await?;
+                held.lock().expect("claims lock").remove(&s);
+            } else if !last
+                && renewed.elapsed() >= renew_every
+                && !c.reg.renew(&c.scope, &unit, &c.owner, c.lease).await?
+            {
+                held.lock().expect("claims lock").remove(&s);
+                tracing::error!(
+                    shard = s,
+                    "lost the claim of shard {s} (its lease ran out); stopping"
+                );
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        if renewed.elapsed() >= renew_every {
+            renewed = Instant::now();
+        }
+        if last {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200).min(renew_every)).await;
     }
 }
 
@@ -88,6 +153,43 @@ pub struct Summary {
     /// Mean milliseconds per row that reached each step.
     pub ms_per_image: StepSeconds,
     pub stats: Stats,
+}
+
+impl Summary {
+    /// Sets the rates and per-image times from the stats and the elapsed time.
+    fn rates(&mut self) {
+        let per = |secs: f64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                1000.0 * secs / n as f64
+            }
+        };
+        let (st, elapsed) = (&self.stats, self.elapsed_s.max(1e-9));
+        self.rows_per_s = st.rows as f64 / elapsed;
+        self.success_per_s = st.status(Status::Success) as f64 / elapsed;
+        self.ms_per_image = StepSeconds {
+            fetch: per(st.seconds.fetch, st.fetched),
+            decode: per(st.seconds.decode, st.decoded),
+            resize: per(st.seconds.resize, st.decoded),
+            encode: per(st.seconds.encode, st.decoded),
+            hash: per(st.seconds.hash, st.decoded),
+            write: per(st.seconds.write, st.rows),
+        };
+    }
+
+    /// Adds a later pass over the same list (shard claiming repeats passes), whose skip and
+    /// completion counts replace this one's.
+    pub fn absorb(&mut self, later: Summary) {
+        self.rows_written += later.rows_written;
+        self.shards_written.extend(later.shards_written);
+        self.shards_skipped = later.shards_skipped;
+        self.shards_incomplete = later.shards_incomplete;
+        self.interrupted = later.interrupted;
+        self.elapsed_s += later.elapsed_s;
+        self.stats.add(&later.stats);
+        self.rates();
+    }
 }
 
 /// Extra facts about one row for the stats.
@@ -392,7 +494,11 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
     } else {
         None
     };
-    let mine = |s: u64| s % cfg.num_workers == cfg.worker_index && !done.contains(&s);
+    // With claims, the shards are decided as the reader reaches them; the bar counts all that
+    // are not complete.
+    let mine = |s: u64| {
+        !done.contains(&s) && (cfg.claims.is_some() || s % cfg.num_workers == cfg.worker_index)
+    };
     let shards_total = total.div_ceil(cfg.shard_size);
     let todo_rows: u64 = (0..shards_total)
         .filter(|&s| mine(s))
@@ -439,6 +545,20 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
     let image_slots = Arc::new(Semaphore::new(cfg.image_threads.max(1)));
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
     let image_cfg = Arc::new(cfg.image.clone());
+    let held = Arc::new(Mutex::new(HashSet::new()));
+    let ending = Arc::new(AtomicBool::new(false));
+    let keeper = cfg.claims.clone().map(|c| {
+        tokio::spawn(keep_claims(
+            c,
+            cfg.output.clone(),
+            held.clone(),
+            stop.clone(),
+            ending.clone(),
+        ))
+    });
+    // The shard the reader is in and whether this worker takes it.
+    let mut current: Option<(u64, bool)> = None;
+    let mut claim_error = None;
     let mut tasks = tokio::task::JoinSet::new();
     let mut skipped_shards = HashSet::new();
     let mut i = 0u64;
@@ -464,7 +584,39 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
         let index_no = i;
         i += 1;
         let shard_no = index_no / cfg.shard_size;
-        if !mine(shard_no) {
+        let take = match (current, &cfg.claims) {
+            (Some((s, take)), _) if s == shard_no => take,
+            (_, Some(c)) if mine(shard_no) => {
+                // Claim with room only, so that the other workers get the shards ahead.
+                while held.lock().expect("claims lock").len() >= CLAIMS_AT_ONCE
+                    && !stop.load(Ordering::Relaxed)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    interrupted = true;
+                    break;
+                }
+                match c
+                    .reg
+                    .try_claim_unit(&c.scope, &shard_no.to_string(), &c.owner, c.lease)
+                    .await
+                {
+                    Ok(true) => {
+                        held.lock().expect("claims lock").insert(shard_no);
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) => {
+                        claim_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            _ => mine(shard_no),
+        };
+        current = Some((shard_no, take));
+        if !take {
             skipped_shards.insert(shard_no);
             continue;
         }
@@ -568,6 +720,13 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
             .await?
             .map_err(|_| anyhow::anyhow!("the shard writer panicked"))??;
     bar.finish_and_clear();
+    if let Some(keeper) = keeper {
+        ending.store(true, Ordering::Relaxed);
+        keeper.await?.context("keeping the shard claims")?;
+    }
+    if let Some(e) = claim_error {
+        return Err(e.context("claiming a shard"));
+    }
     if let Some(e) = read_error {
         return Err(e.context("reading the input list"));
     }
@@ -582,32 +741,19 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
         })
         .await??;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let per = |secs: f64, n: u64| {
-        if n == 0 {
-            0.0
-        } else {
-            1000.0 * secs / n as f64
-        }
-    };
-    Ok(Summary {
+    let mut summary = Summary {
         input_rows: total,
         rows_written: stats.rows,
         shards_written: written,
         shards_skipped: skipped_shards.len() as u64,
         shards_incomplete: incomplete,
         interrupted,
-        elapsed_s: elapsed,
-        rows_per_s: stats.rows as f64 / elapsed,
-        success_per_s: stats.status(Status::Success) as f64 / elapsed,
-        ms_per_image: StepSeconds {
-            fetch: per(stats.seconds.fetch, stats.fetched),
-            decode: per(stats.seconds.decode, stats.decoded),
-            resize: per(stats.seconds.resize, stats.decoded),
-            encode: per(stats.seconds.encode, stats.decoded),
-            hash: per(stats.seconds.hash, stats.decoded),
-            write: per(stats.seconds.write, stats.rows),
-        },
+        elapsed_s: started.elapsed().as_secs_f64(),
+        rows_per_s: 0.0,
+        success_per_s: 0.0,
+        ms_per_image: StepSeconds::default(),
         stats,
-    })
+    };
+    summary.rates();
+    Ok(summary)
 }

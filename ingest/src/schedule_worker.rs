@@ -79,7 +79,8 @@ pub struct LockOptions {
 }
 
 /// Runs the ingest of `dataset` while holding its dataset lock. Fails, after the committed
-/// shards are registered, when the lock was lost during the run.
+/// shards are registered, when the lock was lost during the run. With shard claims
+/// (`config.claims`), the lock is held only while the worker joins the dataset version.
 pub async fn ingest_exclusive(
     reg: &Registry,
     dataset: &str,
@@ -91,6 +92,13 @@ pub async fn ingest_exclusive(
     let lock = reg
         .lock_dataset(dataset, &lock.owner, lock.lease, lock.wait, stop.clone())
         .await?;
+    if config.claims.is_some() {
+        // Workers sharing the list by shard claims hold the lock only while they join the
+        // version; the claims keep them apart after that.
+        catalog::join_version(reg, dataset, &config, params.clone()).await?;
+        lock.release().await?;
+        return catalog::ingest(reg, dataset, config, params, stop).await;
+    }
     let outcome = catalog::ingest(reg, dataset, config, params, stop).await;
     if lock.is_lost() {
         bail!("lost the lock of dataset {dataset:?} during the ingest (the registry was unreachable for longer than the lease); its committed shards are kept, run it again to finish");

@@ -5,6 +5,19 @@ use crate::{now_ms, Registry};
 use anyhow::{Context, Result};
 use std::time::Duration;
 
+/// A claimed unit of work.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct UnitLease {
+    pub unit: String,
+    /// The last worker that claimed it.
+    pub owner: String,
+    /// How many times it was claimed (a takeover after an expired lease counts again).
+    pub attempts: i64,
+    pub done: bool,
+    /// Whether its lease had run out when it was read (a done unit's lease is not renewed).
+    pub expired: bool,
+}
+
 impl Registry {
     /// Claims `unit` of `scope` for `owner` until now + `lease`. Succeeds when the unit is new,
     /// its lease has expired, or `owner` already holds it; never when it is done.
@@ -70,6 +83,34 @@ impl Registry {
             .await
             .with_context(|| format!("completing unit {unit:?} of {scope:?} for {owner:?}"))?;
         Ok(changed == 1)
+    }
+
+    /// Every unit of `scope` that has been claimed, with its holder and whether its lease has run
+    /// out, in unit order.
+    pub async fn unit_leases(&self, scope: &str) -> Result<Vec<UnitLease>> {
+        let now = now_ms();
+        let rows = self
+            .db
+            .q(
+                "SELECT unit, owner, lease_until, attempts, done FROM work_leases \
+                WHERE scope = $1 ORDER BY unit",
+            )
+            .bind(scope.to_string())
+            .fetch_all(&self.db)
+            .await
+            .with_context(|| format!("listing the units of {scope:?}"))?;
+        rows.iter()
+            .map(|r| {
+                let lease_until: i64 = r.get("lease_until")?;
+                Ok(UnitLease {
+                    unit: r.get("unit")?,
+                    owner: r.get("owner")?,
+                    attempts: r.get("attempts")?,
+                    done: r.get("done")?,
+                    expired: lease_until < now,
+                })
+            })
+            .collect()
     }
 
     /// The units of `scope` that are done.

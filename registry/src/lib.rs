@@ -33,6 +33,7 @@ pub mod views;
 pub use checkpoints::Checkpoint;
 pub use dataset_lock::{process_owner, DatasetLock, DATASET_LOCK_SCOPE};
 pub use datasets::{DatasetVersion, NewDatasetVersion, NewShard, Shard};
+pub use leases::UnitLease;
 pub use metrics::{MetricWriter, MetricWriterOptions};
 pub use promotion::{Gate, PromotionEvent, PromotionRequest};
 pub use runs::{MetricPoint, MetricSummary, Run, RunDetail, RunStatus};

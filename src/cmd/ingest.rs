@@ -7,7 +7,7 @@ use albef_ingest::fetch::FetchConfig;
 use albef_ingest::resizer::{ImageConfig, ResizeMode};
 use albef_ingest::schedule_worker::{self, LockOptions};
 use albef_ingest::source::InputSpec;
-use albef_ingest::IngestConfig;
+use albef_ingest::{IngestConfig, ShardClaims};
 use albef_registry::Registry;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -115,6 +115,16 @@ pub struct IngestArgs {
     /// Number of workers sharing the list
     #[arg(long, default_value_t = 1)]
     num_workers: u64,
+    /// Share the list with other workers, on any machines with this registry (Postgres) and
+    /// this output folder, by claiming shards through registry leases instead of
+    /// --worker-index/--num-workers. Each worker stays until every shard is complete and takes
+    /// over the shards of a worker that died; start every worker of the list with this flag
+    #[arg(long, conflicts_with_all = ["worker_index", "num_workers"])]
+    claim_shards: bool,
+    /// Seconds a shard claim lasts without renewal (renewed every third of it): how long a dead
+    /// worker's shards wait before another worker takes them over
+    #[arg(long, default_value_t = 60.0, requires = "claim_shards")]
+    claim_lease: f64,
     /// Threads decoding and resizing images [default: the number of cores]
     #[arg(long)]
     image_threads: Option<usize>,
@@ -142,6 +152,7 @@ impl IngestArgs {
             shard_size: self.shard_size,
             worker_index: self.worker_index,
             num_workers: self.num_workers,
+            claims: None,
             fetch: FetchConfig {
                 timeout: Duration::from_secs_f64(self.timeout),
                 connect_timeout: Duration::from_secs_f64(self.connect_timeout),
@@ -192,7 +203,7 @@ impl IngestArgs {
             "max_body_bytes": self.max_body_bytes, "user_agent_token": self.user_agent_token,
             "ignore_x_robots_tag": self.ignore_x_robots_tag, "respect_robots_txt": self.respect_robots_txt,
             "dedupe": !self.no_dedupe, "phash_distance": self.phash_distance,
-            "num_workers": self.num_workers,
+            "num_workers": self.num_workers, "claim_shards": self.claim_shards,
         })
     }
 }
@@ -244,20 +255,30 @@ pub(super) async fn ingest_dataset(
     args: &IngestArgs,
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
+    let owner = format!("{}:ingest", albef_registry::process_owner());
+    let mut config = args.config();
+    let mut wait = Duration::from_secs(args.lock_wait);
+    if args.claim_shards {
+        anyhow::ensure!(
+            args.claim_lease.is_finite() && args.claim_lease >= 1.0,
+            "--claim-lease {} must be at least 1 second",
+            args.claim_lease
+        );
+        config.claims = Some(ShardClaims {
+            reg: reg.clone(),
+            scope: String::new(), // set to the version's when it is known
+            owner: owner.clone(),
+            lease: Duration::from_secs_f64(args.claim_lease),
+        });
+        // Workers started together queue for the moment it takes each to join the version.
+        wait = wait.max(Duration::from_secs(120));
+    }
     let lock = LockOptions {
-        owner: format!("{}:ingest", albef_registry::process_owner()),
+        owner,
         lease: Duration::from_secs(30),
-        wait: Duration::from_secs(args.lock_wait),
+        wait,
     };
-    schedule_worker::ingest_exclusive(
-        reg,
-        &args.dataset,
-        args.config(),
-        args.params(),
-        stop,
-        &lock,
-    )
-    .await
+    schedule_worker::ingest_exclusive(reg, &args.dataset, config, args.params(), stop, &lock).await
 }
 
 /// An error for an ingest that was interrupted before every shard was complete.
