@@ -79,8 +79,8 @@ pub struct LockOptions {
 }
 
 /// Runs the ingest of `dataset` while holding its dataset lock. Fails, after the committed
-/// shards are registered, when the lock was lost during the run. With shard claims
-/// (`config.claims`), the lock is held only while the worker joins the dataset version.
+/// shards are registered, when the lock was lost during the run. Workers that share a list
+/// (shard claims or `num_workers > 1`) hold it only while they join the dataset version.
 pub async fn ingest_exclusive(
     reg: &Registry,
     dataset: &str,
@@ -89,16 +89,22 @@ pub async fn ingest_exclusive(
     stop: Arc<AtomicBool>,
     lock: &LockOptions,
 ) -> Result<Outcome> {
+    if config.claims.is_some() || config.num_workers > 1 {
+        // Workers sharing one list hold the lock only while they join the version (claims: each
+        // worker; --worker-index: worker 0 makes it, the others wait for its marker); the
+        // claims or the shard numbers keep them apart after that.
+        if config.worker_index == 0 {
+            let lock = reg
+                .lock_dataset(dataset, &lock.owner, lock.lease, lock.wait, stop.clone())
+                .await?;
+            catalog::join_version(reg, dataset, &config, params.clone()).await?;
+            lock.release().await?;
+        }
+        return catalog::ingest(reg, dataset, config, params, stop).await;
+    }
     let lock = reg
         .lock_dataset(dataset, &lock.owner, lock.lease, lock.wait, stop.clone())
         .await?;
-    if config.claims.is_some() {
-        // Workers sharing the list by shard claims hold the lock only while they join the
-        // version; the claims keep them apart after that.
-        catalog::join_version(reg, dataset, &config, params.clone()).await?;
-        lock.release().await?;
-        return catalog::ingest(reg, dataset, config, params, stop).await;
-    }
     let outcome = catalog::ingest(reg, dataset, config, params, stop).await;
     if lock.is_lost() {
         bail!("lost the lock of dataset {dataset:?} during the ingest (the registry was unreachable for longer than the lease); its committed shards are kept, run it again to finish");

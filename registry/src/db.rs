@@ -131,7 +131,7 @@ impl Db {
         }
     }
 
-    /// A statement whose text was built at run time (filters, multi-row inserts); user values
+    /// A statement whose text was built at run time (filters and orderings); user values
     /// are still bound, never part of the text.
     pub fn q_str<'a>(&self, sql: &'a str) -> Q<'a> {
         match self {

@@ -2,9 +2,9 @@
 //! point onto a channel and never waits on the database; a tokio task drains the channel and
 //! writes a batch every `batch` points or every `interval`, whichever comes first, and at
 //! [`MetricWriter::finish`]. Each batch is one transaction that inserts the points and updates the
-//! per-run summaries (last, min, max, count) together: on Postgres `INSERT ... SELECT FROM UNNEST`
-//! of arrays, on SQLite one prepared statement stepped per point under `BEGIN IMMEDIATE`; the
-//! summaries are computed in memory, one upsert per key and flush.
+//! per-run summaries (last, min, max, count) together: on Postgres a binary `COPY` of the points,
+//! on SQLite one prepared statement stepped per point under `BEGIN IMMEDIATE`; the summaries are
+//! computed in memory and upserted once per key and flush.
 //!
 //! From a synchronous thread (tch training code), keep a `tokio::runtime::Handle` from the
 //! runtime that created the writer, call `log` freely, and end with

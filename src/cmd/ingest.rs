@@ -270,6 +270,8 @@ pub(super) async fn ingest_dataset(
             owner: owner.clone(),
             lease: Duration::from_secs_f64(args.claim_lease),
         });
+    }
+    if args.claim_shards || args.num_workers > 1 {
         // Workers started together queue for the moment it takes each to join the version.
         wait = wait.max(Duration::from_secs(120));
     }
