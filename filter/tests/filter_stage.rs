@@ -11,7 +11,7 @@ use albef_ingest::shard;
 use albef_registry::{NewDatasetVersion, NewShard, Registry};
 use albef_train::checkpoint::{self, DataPosition, TrainerState};
 use albef_train::config::Config;
-use albef_train::data::{self, Loader};
+use albef_train::data::{self, Loader, LossWeight};
 use albef_train::model::{self, Albef, Precision};
 use albef_train::synth::generate::{generate, GenerateOptions, Split};
 use albef_train::synth::shards::corpus_to_shards;
@@ -297,6 +297,53 @@ async fn filter_stage_end_to_end() {
     }
     let png = image::open(w.root.join("top30/contact_sheet.png")).unwrap();
     assert_eq!((png.width(), png.height()), (4 * 128, 2 * 128));
+
+    // Score-weighted training on the filtered version: every scored row (kept and
+    // filtered_out), each batch weighted by its pairs' scores; plain training sees the kept.
+    let top30 = w.root.join("top30");
+    let mut cfg = tiny_config();
+    cfg.train.score_weights = true;
+    let weighted = Loader::open(
+        &top30,
+        loader_config(&cfg, &tokenizer, 2, data::Mode::Train),
+    )
+    .unwrap();
+    let plain = Loader::open(
+        &top30,
+        loader_config(&tiny_config(), &tokenizer, 2, data::Mode::Train),
+    )
+    .unwrap();
+    assert_eq!((weighted.len(), plain.len()), (ROWS, 15));
+    let lw = weighted.loss_weight().unwrap();
+    let all = LossWeight::fit(
+        &kept.iter().chain(&dropped).copied().collect::<Vec<_>>(),
+        0.1,
+    );
+    assert_eq!(lw, all.unwrap());
+    assert!(plain.loss_weight().is_none());
+    let (mut lowest, mut highest) = (f32::MAX, f32::MIN);
+    for batch in weighted.epoch(0, 0) {
+        let batch = batch.unwrap();
+        let got = Vec::<f32>::try_from(batch.weight.as_ref().unwrap()).unwrap();
+        for (key, g) in batch.keys.iter().zip(got) {
+            assert_eq!(g, lw.weight(out[key].1), "weight of {key}");
+            (lowest, highest) = (lowest.min(g), highest.max(g));
+        }
+    }
+    assert!(
+        lowest == 0.1 && (highest - 1.0).abs() < 1e-6,
+        "{lowest} {highest}"
+    );
+    assert!(plain.epoch(0, 0).all(|b| b.unwrap().weight.is_none()));
+    // The source version has no scores: refused with the shard named.
+    let err = Loader::open(
+        &w.data,
+        loader_config(&cfg, &tokenizer, 2, data::Mode::Train),
+    )
+    .err()
+    .unwrap();
+    let err = format!("{err:#}");
+    assert!(err.contains("has no `score` column"), "{err}");
 
     // Lineage in the registry.
     let v = w.registry.dataset_version("synth@2").await.unwrap();

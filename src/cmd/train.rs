@@ -53,6 +53,11 @@ pub struct TrainArgs {
     /// Pairs per micro-batch [default: train.batch_size]; the queue size must be a multiple of it
     #[arg(long, conflicts_with = "resume")]
     batch_size: Option<i64>,
+    /// Weight each pair's losses by its filter score instead of dropping the low-scored ones:
+    /// trains on every scored row of a version made by `albef filter` (kept and filtered_out),
+    /// weights from train.score_weight_floor to 1 [default: train.score_weights]
+    #[arg(long, conflicts_with = "resume")]
+    score_weights: bool,
     /// Micro-batches per optimiser step (gradient accumulation)
     #[arg(long, default_value_t = 1)]
     accumulate: i64,
@@ -184,6 +189,9 @@ impl TrainArgs {
         }
         if let Some(threads) = self.threads {
             plan.config.train.threads = threads;
+        }
+        if self.score_weights {
+            plan.config.train.score_weights = true;
         }
         let device = parse_device(&plan.config.train.device)?;
         let eval_dir = match &self.eval_dataset {

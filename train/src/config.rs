@@ -155,6 +155,15 @@ pub struct TrainConfig {
     /// Save a checkpoint every this many steps (0: only at the end of each epoch).
     #[serde(default)]
     pub checkpoint_every: i64,
+    /// Score-weighted training, the alternative to dropping pairs: train on every row the
+    /// filter scored (kept and `filtered_out`) and weight each pair's losses by its `score`,
+    /// mapped to [`score_weight_floor`, 1] between the dataset's 5th and 95th percentile (see
+    /// `data::LossWeight`). Needs a dataset version made by `albef filter`.
+    #[serde(default)]
+    pub score_weights: bool,
+    /// The weight of the lowest-scored pairs in score-weighted training, in [0, 1].
+    #[serde(default = "default_weight_floor")]
+    pub score_weight_floor: f64,
 }
 
 fn default_vit_eps() -> f64 {
@@ -177,6 +186,9 @@ fn default_mask() -> i64 {
 }
 fn default_one() -> f64 {
     1.0
+}
+fn default_weight_floor() -> f64 {
+    0.1
 }
 fn default_betas() -> [f64; 2] {
     [0.9, 0.999]
@@ -238,6 +250,12 @@ impl Config {
             );
         }
         check_queue(m.queue_size, self.train.batch_size)?;
+        if !(0.0..=1.0).contains(&self.train.score_weight_floor) {
+            bail!(
+                "train.score_weight_floor {} must lie in [0, 1]",
+                self.train.score_weight_floor
+            );
+        }
         Ok(())
     }
 }

@@ -34,14 +34,15 @@ fn alpha_zero_gives_plain_info_nce() {
     let sim = Tensor::randn([6, 6 + 12], (Kind::Float, Device::Cpu)) * 5.0;
     let teacher = Tensor::randn([6, 6 + 12], (Kind::Float, Device::Cpu)) * 5.0;
     let diagonal = Tensor::eye_m(6, 6 + 12, (Kind::Float, Device::Cpu));
-    let ours = soft_cross_entropy(&sim, &soft_targets(&teacher, &diagonal, 0.0)).double_value(&[]);
+    let ours =
+        soft_cross_entropy(&sim, &soft_targets(&teacher, &diagonal, 0.0), None).double_value(&[]);
     let info_nce = sim
         .cross_entropy_for_logits(&Tensor::arange(6, (Kind::Int64, Device::Cpu)))
         .double_value(&[]);
     assert!((ours - info_nce).abs() < 1e-5, "{ours} vs {info_nce}");
     // With alpha > 0 the teacher matters.
     let distilled =
-        soft_cross_entropy(&sim, &soft_targets(&teacher, &diagonal, 0.4)).double_value(&[]);
+        soft_cross_entropy(&sim, &soft_targets(&teacher, &diagonal, 0.4), None).double_value(&[]);
     assert!((distilled - info_nce).abs() > 1e-3);
 }
 
@@ -256,7 +257,7 @@ fn distinct_pictures_give_the_pretraining_losses_bit_for_bit() {
         for step in 0..3 {
             let batch = batch_at(step);
             let losses = match idx {
-                Some(idx) => model.losses_with_idx(&batch, idx, 0.4, false),
+                Some(idx) => model.losses_with_idx(&batch, idx, None, 0.4, false),
                 None => model.losses(&batch, 0.4, false),
             }
             .unwrap();
@@ -296,7 +297,7 @@ fn distinct_pictures_give_the_pretraining_losses_bit_for_bit() {
     for step in 0..3 {
         let batch = batch_at(step);
         let losses = fresh_model
-            .losses_with_idx(&batch, &fresh(step), 0.4, false)
+            .losses_with_idx(&batch, &fresh(step), None, 0.4, false)
             .unwrap();
         values.extend([&losses.itc, &losses.itm, &losses.mlm].map(|l| l.double_value(&[])));
     }
@@ -339,7 +340,7 @@ fn given_negatives_of_the_same_picture_and_bad_pictures_are_refused() {
     );
     let negative = Tensor::from_slice(&vec![-1i64; bs as usize]);
     let err = model
-        .losses_with_idx(&batch, &negative, 0.4, false)
+        .losses_with_idx(&batch, &negative, None, 0.4, false)
         .err()
         .unwrap()
         .to_string();
@@ -458,4 +459,82 @@ fn gradients_reach_the_student_only_and_temp_stays_clamped() {
         })
         .count();
     assert_eq!(trainable, students);
+}
+
+#[test]
+fn pair_weights_scale_each_pairs_terms() {
+    let _rng = rng_lock();
+    let config = micro();
+    let bs = config.train.batch_size;
+    let ids = Tensor::arange(bs, (Kind::Int64, Device::Cpu));
+    // One step of a fresh model (the same seeds every time), so that only the weights differ.
+    let losses = |weight: Option<&Tensor>| {
+        let (_config, _vs, model) = model(21);
+        tch::manual_seed(22);
+        let batch = probe::random_batch(&config, bs, Device::Cpu);
+        tch::manual_seed(23);
+        let l = model
+            .losses_with_idx(&batch, &ids, weight, 0.4, false)
+            .unwrap();
+        [&l.itc, &l.itm, &l.mlm].map(|t| t.double_value(&[]))
+    };
+    let plain = losses(None);
+    let ones = losses(Some(&Tensor::ones([bs], (Kind::Float, Device::Cpu))));
+    for (p, o) in plain.iter().zip(ones) {
+        assert!(
+            (p - o).abs() < 1e-6,
+            "all-ones weights: {plain:?} against {ones:?}"
+        );
+    }
+    // Half weight everywhere: ITC and MLM halve; ITM's positives (a third of its terms) halve
+    // while its hard negatives keep weight 1.
+    let half = losses(Some(&Tensor::full([bs], 0.5, (Kind::Float, Device::Cpu))));
+    assert!(
+        (half[0] - plain[0] / 2.0).abs() < 1e-6,
+        "{half:?} {plain:?}"
+    );
+    assert!(
+        (half[2] - plain[2] / 2.0).abs() < 1e-6,
+        "{half:?} {plain:?}"
+    );
+    assert!(
+        half[1] < plain[1] && half[1] > plain[1] / 2.0,
+        "{half:?} {plain:?}"
+    );
+    // Linear in the weights, pair by pair: pair 0 alone plus all the others make the whole.
+    let mut w = vec![1f32; bs as usize];
+    w[0] = 0.0;
+    let others = losses(Some(&Tensor::from_slice(&w)));
+    let mut first = vec![0f32; bs as usize];
+    first[0] = 1.0;
+    let first = losses(Some(&Tensor::from_slice(&first)));
+    for k in [0, 2] {
+        assert!(first[k] >= 0.0 && others[k] > 0.0, "{first:?} {others:?}");
+        assert!(
+            (first[k] + others[k] - plain[k]).abs() < 1e-5,
+            "{first:?} {others:?} {plain:?}"
+        );
+    }
+    // Bad weights are refused by name.
+    let (_config, _vs, model) = model(21);
+    let batch = probe::random_batch(&config, bs, Device::Cpu);
+    w[1] = -1.0;
+    let err = model
+        .losses_with_idx(&batch, &ids, Some(&Tensor::from_slice(&w)), 0.4, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("pair weight 1 is -1"), "{err}");
+    let err = model
+        .losses_with_idx(
+            &batch,
+            &ids,
+            Some(&Tensor::ones([bs + 1], (Kind::Float, Device::Cpu))),
+            0.4,
+            false,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("pair weights must be f32"), "{err}");
 }

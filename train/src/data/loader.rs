@@ -9,8 +9,9 @@
 //! workers send finished batches through a bounded channel and `Epoch` puts them back in order.
 use super::augment::{augment, decode_jpeg, normalise_into, resize_full, AugmentConfig, Rgb};
 use super::rng::rng;
-use super::shards::{read_success_rows, DatasetIndex, Sample};
+use super::shards::{read_rows, DatasetIndex, Rows, Sample};
 use super::tokenize::TextEncoder;
+use super::weight::LossWeight;
 use anyhow::{bail, Context, Result};
 use fast_image_resize::Resizer;
 use std::collections::{BTreeMap, HashSet};
@@ -54,6 +55,10 @@ pub struct LoaderConfig {
     /// Shards shuffled together (and held in memory together).
     pub shuffle_window: usize,
     pub mode: Mode,
+    /// Score-weighted training with this weight floor: every row the filter scored (kept and
+    /// `filtered_out`) is used and each batch carries its pairs' [`LossWeight`]s. None: the
+    /// `success` rows, unweighted.
+    pub score_weights: Option<f32>,
 }
 
 impl Default for LoaderConfig {
@@ -74,6 +79,7 @@ impl Default for LoaderConfig {
             world_size: 1,
             shuffle_window: 16,
             mode: Mode::Train,
+            score_weights: None,
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct Batch {
     pub attention_mask: Tensor,
     /// i64 [B]: equal for rows showing the same picture.
     pub idx: Tensor,
+    /// f32 [B]: each pair's loss weight (score-weighted training only).
+    pub weight: Option<Tensor>,
     pub keys: Vec<String>,
     pub captions: Vec<String>,
 }
@@ -126,6 +134,8 @@ type Groups = Vec<Vec<usize>>;
 struct Shared {
     cfg: LoaderConfig,
     text: TextEncoder,
+    /// Score-weighted training: the map from a row's score to its loss weight.
+    weight: Option<LossWeight>,
     /// Keys of rows whose JPEG did not decode.
     corrupt: Mutex<HashSet<String>>,
 }
@@ -146,13 +156,24 @@ impl Loader {
         if cfg.image_res < 16 || cfg.shuffle_window == 0 {
             bail!("image_res must be at least 16 and shuffle_window positive");
         }
-        let index = DatasetIndex::open(dir)?;
+        let rows = match cfg.score_weights {
+            Some(_) => Rows::Scored,
+            None => Rows::Success,
+        };
+        let index = DatasetIndex::open(dir, rows)?;
+        let weight = match cfg.score_weights {
+            Some(floor) => Some(LossWeight::fit(&index.scores, floor).with_context(|| {
+                format!("fitting score weights to the scores of {}", dir.display())
+            })?),
+            None => None,
+        };
         let text = TextEncoder::load(&cfg.tokenizer, cfg.max_tokens, cfg.max_words)?;
         Ok(Self {
             index,
             shared: Arc::new(Shared {
                 cfg,
                 text,
+                weight,
                 corrupt: Mutex::new(HashSet::new()),
             }),
         })
@@ -164,6 +185,11 @@ impl Loader {
 
     pub fn config(&self) -> &LoaderConfig {
         &self.shared.cfg
+    }
+
+    /// The score-to-weight map of score-weighted training.
+    pub fn loss_weight(&self) -> Option<LossWeight> {
+        self.shared.weight
     }
 
     /// Samples this rank sees per epoch.
@@ -216,7 +242,7 @@ impl Loader {
         for (g, shards) in self.groups(epoch).iter().enumerate() {
             let rows: usize = shards
                 .iter()
-                .map(|&s| self.index.shards[s].success_rows)
+                .map(|&s| self.index.shards[s].usable_rows)
                 .sum();
             let mut order: Vec<usize> = (0..rows).collect();
             if cfg.mode == Mode::Train {
@@ -252,6 +278,7 @@ impl Loader {
             .collect();
         let end = batches.len();
         let groups = self.groups(epoch);
+        let rows = self.index.rows;
         let paths: Vec<Vec<PathBuf>> = groups
             .iter()
             .map(|g| {
@@ -270,7 +297,7 @@ impl Loader {
             let done_tx = done_tx.clone();
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
-                coordinate(batches, start_batch, paths, job_tx, done_tx, stop)
+                coordinate(batches, start_batch, paths, rows, job_tx, done_tx, stop)
             }));
         }
         for _ in 0..cfg.workers {
@@ -302,6 +329,7 @@ fn coordinate(
     batches: Vec<Vec<Item>>,
     start: usize,
     paths: Vec<Vec<PathBuf>>,
+    rows: Rows,
     jobs: SyncSender<Job>,
     done: SyncSender<(usize, Result<Batch>)>,
     stop: Arc<AtomicBool>,
@@ -315,7 +343,7 @@ fn coordinate(
             }
             let group = match loaded.iter().find(|(g, _)| *g == item.group) {
                 Some((_, rows)) => rows.clone(),
-                None => match read_group(&paths[item.group]) {
+                None => match read_group(&paths[item.group], rows) {
                     Ok(rows) => {
                         let rows = Arc::new(rows);
                         // Keep the group being finished and the new one: batches straddle them.
@@ -337,12 +365,12 @@ fn coordinate(
     }
 }
 
-fn read_group(paths: &[PathBuf]) -> Result<Vec<Sample>> {
-    let mut rows = Vec::new();
+fn read_group(paths: &[PathBuf], rows: Rows) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
     for path in paths {
-        rows.extend(read_success_rows(path)?);
+        samples.extend(read_rows(path, rows)?);
     }
-    Ok(rows)
+    Ok(samples)
 }
 
 fn work(
@@ -371,7 +399,8 @@ fn make_batch(epoch: u64, job: &Job, shared: &Shared, resizer: &mut Resizer) -> 
     let plane = 3 * res * res;
     let n = job.samples.len();
     let mut pixels = vec![0f32; n * plane];
-    let (mut keys, mut captions, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut keys, mut captions, mut ids, mut weights) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let aug = AugmentConfig {
         res,
         scale: cfg.crop_scale,
@@ -391,6 +420,9 @@ fn make_batch(epoch: u64, job: &Job, shared: &Shared, resizer: &mut Resizer) -> 
         keys.push(sample.key.clone());
         captions.push(sample.text.clone());
         ids.push(sample.image_id);
+        if let Some(w) = &shared.weight {
+            weights.push(w.weight(sample.score));
+        }
     }
     let tokens = shared.text.encode(&captions)?;
     let (rows, len) = (tokens.rows as i64, tokens.len as i64);
@@ -401,6 +433,7 @@ fn make_batch(epoch: u64, job: &Job, shared: &Shared, resizer: &mut Resizer) -> 
         input_ids: Tensor::from_slice(&tokens.ids).view([rows, len]),
         attention_mask: Tensor::from_slice(&tokens.mask).view([rows, len]),
         idx: Tensor::from_slice(&ids),
+        weight: shared.weight.map(|_| Tensor::from_slice(&weights)),
         keys,
         captions,
     })

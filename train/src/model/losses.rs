@@ -14,6 +14,12 @@
 //! in-batch and queued pair of the same picture, and the ITM hard-negative weights are zero for
 //! pairs of the same picture. Without `idx` every pair is its own picture and the numbers are
 //! those of model_pretrain.py.
+//!
+//! Score-weighted training (`train.score_weights`) passes a weight per pair: each pair's ITC
+//! terms (image-to-text and text-to-image), its ITM positive and its masked tokens count with
+//! that weight, and each loss is the plain mean of the weighted terms, so that all-ones weights
+//! give the unweighted numbers and low-scored pairs teach less. A hard-negative ITM term keeps
+//! weight 1: "this picture does not show that caption" stays true for a noisy caption.
 use super::albef::{normalize, Albef, UNKNOWN_IMAGE};
 use super::bert::Mode;
 use anyhow::{bail, Result};
@@ -80,7 +86,7 @@ impl Albef {
     ) -> Result<Losses> {
         self.step(
             batch,
-            idx,
+            Pairs { idx, weight: None },
             alpha,
             mlm,
             NegativeSource::Given(negatives),
@@ -91,26 +97,29 @@ impl Albef {
     /// One training forward that draws the MLM masking and the hard negatives from libtorch's
     /// generator; every pair is its own picture.
     pub fn losses(&self, batch: &Batch, alpha: f64, train: bool) -> Result<Losses> {
-        self.sampled(batch, None, alpha, train)
+        self.sampled(batch, None, None, alpha, train)
     }
 
     /// [`Albef::losses`] for a batch whose pairs' pictures are `idx` (i64 [B], non-negative,
     /// equal for several captions of one picture): those never serve as each other's ITC
-    /// negatives (in the batch or in the queue) nor as ITM hard negatives.
+    /// negatives (in the batch or in the queue) nor as ITM hard negatives. `weight` (f32 [B],
+    /// non-negative) weights each pair's terms (score-weighted training; see the module docs).
     pub fn losses_with_idx(
         &self,
         batch: &Batch,
         idx: &Tensor,
+        weight: Option<&Tensor>,
         alpha: f64,
         train: bool,
     ) -> Result<Losses> {
-        self.sampled(batch, Some(idx), alpha, train)
+        self.sampled(batch, Some(idx), weight, alpha, train)
     }
 
     fn sampled(
         &self,
         batch: &Batch,
         idx: Option<&Tensor>,
+        weight: Option<&Tensor>,
         alpha: f64,
         train: bool,
     ) -> Result<Losses> {
@@ -122,13 +131,14 @@ impl Albef {
             self.cfg.text.cls_token_id,
             self.cfg.text.mask_token_id,
         );
-        self.step(batch, idx, alpha, &mlm, NegativeSource::Sampled, train)
+        let pairs = Pairs { idx, weight };
+        self.step(batch, pairs, alpha, &mlm, NegativeSource::Sampled, train)
     }
 
     fn step(
         &self,
         batch: &Batch,
-        idx: Option<&Tensor>,
+        pairs: Pairs,
         alpha: f64,
         mlm: &MlmInputs,
         negatives: NegativeSource,
@@ -138,8 +148,12 @@ impl Albef {
         if bs < 2 {
             bail!("a batch needs at least 2 pairs for hard negatives, got {bs}");
         }
+        let Pairs { idx, weight } = pairs;
         if let Some(idx) = idx {
             check_idx(idx, bs)?;
+        }
+        if let Some(weight) = weight {
+            check_weight(weight, bs)?;
         }
         let device = batch.image.device();
         let same = match idx {
@@ -196,8 +210,8 @@ impl Albef {
         // ITC with momentum distillation (L122-128).
         let sim_i2t = image_feat.matmul(&teacher.text_feat_all) / &self.temp;
         let sim_t2i = text_feat.matmul(&teacher.image_feat_all) / &self.temp;
-        let itc = (soft_cross_entropy(&sim_i2t, &teacher.i2t_targets)
-            + soft_cross_entropy(&sim_t2i, &teacher.t2i_targets))
+        let itc = (soft_cross_entropy(&sim_i2t, &teacher.i2t_targets, weight)
+            + soft_cross_entropy(&sim_t2i, &teacher.t2i_targets, weight))
             / 2.0;
 
         // Enqueue the momentum features after ITC, before ITM (L130).
@@ -248,7 +262,19 @@ impl Albef {
             ],
             0,
         );
-        let itm = itm_logits.cross_entropy_for_logits(&itm_labels);
+        let itm = match weight {
+            None => itm_logits.cross_entropy_for_logits(&itm_labels),
+            Some(w) => {
+                // Positives weighted, hard negatives 1 (module docs).
+                let terms = itm_logits
+                    .log_softmax(-1, Kind::Float)
+                    .gather(1, &itm_labels.unsqueeze(1), false)
+                    .squeeze_dim(1)
+                    .neg();
+                let ones = Tensor::ones([2 * bs], (Kind::Float, itm_logits.device()));
+                (terms * Tensor::cat(&[w, &ones], 0)).mean(Kind::Float)
+            }
+        };
 
         // MLM with momentum distillation (L188-212), vocabulary projection at masked rows only.
         let positions = mlm.labels.view([-1]).ne(IGNORE).nonzero().squeeze_dim(1);
@@ -276,11 +302,28 @@ impl Albef {
                 train,
             );
             let log_probs = logits.log_softmax(-1, Kind::Float);
-            let ce = log_probs.nll_loss(&targets);
-            let distill = (&soft * &log_probs)
+            let distill_terms = (&soft * &log_probs)
                 .sum_dim_intlist([-1].as_slice(), false, Kind::Float)
-                .mean(Kind::Float)
                 .neg();
+            let (ce, distill) = match weight {
+                None => (
+                    log_probs.nll_loss(&targets),
+                    distill_terms.mean(Kind::Float),
+                ),
+                Some(w) => {
+                    // Each masked token weighted by its pair's weight.
+                    let row = positions.divide_scalar_mode(mlm.labels.size()[1], "floor");
+                    let w = w.index_select(0, &row);
+                    let ce_terms = log_probs
+                        .gather(1, &targets.unsqueeze(1), false)
+                        .squeeze_dim(1)
+                        .neg();
+                    (
+                        (ce_terms * &w).mean(Kind::Float),
+                        (distill_terms * &w).mean(Kind::Float),
+                    )
+                }
+            };
             ce * (1.0 - alpha) + distill * alpha
         };
         Ok(Losses {
@@ -289,6 +332,14 @@ impl Albef {
             mlm: mlm_loss,
         })
     }
+}
+
+/// What is known of a batch's pairs besides their pixels and tokens.
+struct Pairs<'a> {
+    /// The pictures (i64 [B]); None: every pair its own.
+    idx: Option<&'a Tensor>,
+    /// Per-pair loss weights (f32 [B]); None: unweighted.
+    weight: Option<&'a Tensor>,
 }
 
 /// What the no-grad teacher pass hands to the student losses.
@@ -323,12 +374,18 @@ pub fn positive_targets(idx: &Tensor, idx_queue: &Tensor) -> Tensor {
     pos / count
 }
 
-/// `-mean_b sum_j log_softmax(logits)[b, j] * targets[b, j]`.
-pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
-    (logits.log_softmax(1, Kind::Float) * targets)
-        .sum_dim_intlist([1].as_slice(), false, Kind::Float)
-        .mean(Kind::Float)
-        .neg()
+/// `-mean_b w[b] sum_j log_softmax(logits)[b, j] * targets[b, j]` (w = 1 when `weight` is
+/// None).
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, weight: Option<&Tensor>) -> Tensor {
+    let rows = (logits.log_softmax(1, Kind::Float) * targets).sum_dim_intlist(
+        [1].as_slice(),
+        false,
+        Kind::Float,
+    );
+    match weight {
+        None => rows.mean(Kind::Float).neg(),
+        Some(w) => (rows * w).mean(Kind::Float).neg(),
+    }
 }
 
 /// Draws one hard negative per row from `softmax(sim[:, :B])` with the pairs of the row's own
@@ -422,6 +479,30 @@ fn check_indices(idx: &Tensor, same: &Tensor, name: &str) -> Result<()> {
         bail!(
             "{name}[{b}] = {} shows pair {b}'s own picture, which is not a negative",
             idx.int64_value(&[b])
+        );
+    }
+    Ok(())
+}
+
+/// Per-pair loss weights: f32 [B], finite and non-negative.
+fn check_weight(weight: &Tensor, bs: i64) -> Result<()> {
+    if weight.size() != [bs] || weight.kind() != Kind::Float {
+        bail!(
+            "pair weights must be f32 [{bs}], got {:?} {:?}",
+            weight.kind(),
+            weight.size()
+        );
+    }
+    let bad = weight
+        .isfinite()
+        .logical_not()
+        .logical_or(&weight.lt(0.0))
+        .nonzero();
+    if bad.size()[0] > 0 {
+        let b = bad.int64_value(&[0, 0]);
+        bail!(
+            "pair weight {b} is {}: weights must be finite and non-negative",
+            weight.double_value(&[b])
         );
     }
     Ok(())

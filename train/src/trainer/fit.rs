@@ -117,6 +117,9 @@ pub fn loader_config(
         workers: workers.max(1),
         seed: t.seed,
         mode,
+        // Evaluation data is never weighted.
+        score_weights: (t.score_weights && mode == data::Mode::Train)
+            .then_some(t.score_weight_floor as f32),
         ..LoaderConfig::default()
     }
 }
@@ -140,6 +143,20 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
         loader_config(config, &job.tokenizer, job.workers, data::Mode::Train),
     )
     .with_context(|| format!("opening the training data {}", job.data_dir.display()))?;
+    if let Some(w) = loader.loss_weight() {
+        tracing::info!(
+            rows = loader.len(),
+            lo = w.lo,
+            hi = w.hi,
+            floor = w.floor,
+            "score-weighted training: weights rise from the floor at score lo to 1 at score hi"
+        );
+        tracking.log_params(&[
+            ("data.score_weight_lo".into(), w.lo.to_string()),
+            ("data.score_weight_hi".into(), w.hi.to_string()),
+            ("data.rows".into(), loader.index().total().to_string()),
+        ])?;
+    }
     let eval_loader = match &job.eval_dir {
         Some(dir) => Some(
             Loader::open(
@@ -273,6 +290,7 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
             let batch = next_batch(&loader, &mut batches, &mut state.data)?;
             waited += fetch.elapsed();
             let idx = batch.idx.to_device(job.device);
+            let weight = batch.weight.as_ref().map(|w| w.to_device(job.device));
             let batch = model::Batch {
                 image: batch.image.to_device(job.device),
                 input_ids: batch.input_ids.to_device(job.device),
@@ -281,7 +299,7 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
             tch::manual_seed(
                 derive_seed(&[state.seed, step as u64, micro as u64, 0xa1be_f5ee]) as i64,
             );
-            let losses = model.losses_with_idx(&batch, &idx, alpha, true)?;
+            let losses = model.losses_with_idx(&batch, &idx, weight.as_ref(), alpha, true)?;
             let total = losses.total();
             let values = [
                 losses.itc.double_value(&[]),

@@ -23,6 +23,12 @@ impl Tracking {
         self.writer.log(key, step, value)
     }
 
+    /// Records params of the run (what the loop learns of its data).
+    pub fn log_params(&self, params: &[(String, String)]) -> Result<()> {
+        self.handle
+            .block_on(self.registry.log_params(self.run, params))
+    }
+
     /// Records a checkpoint file of this run with its metrics; returns its id.
     pub fn register_checkpoint(
         &self,

@@ -1,7 +1,8 @@
 //! Score-weighted training, the alternative to dropping pairs: each pair's loss is multiplied
 //! by a weight made from its filter score, so that likely-noisy captions teach less without
-//! being thrown away. The trainer reads the `score` column of a filtered dataset version's
-//! rows and calls [`LossWeight::weight`] per row; rows without a score (never scored) get 1.
+//! being thrown away. With `train.score_weights` the loader reads the `score` column of a
+//! filtered dataset version (its kept and its `filtered_out` rows), fits a [`LossWeight`] to
+//! all of them and gives each batch the weight of each pair; rows without a score get 1.
 //!
 //! The weight is `floor + (1 - floor) * ((s - lo) / (hi - lo))` clamped to [floor, 1], where
 //! `lo` and `hi` are the scores at the 5th and 95th percentile of the dataset: the scale of
