@@ -98,10 +98,13 @@ async fn open_version(
 }
 
 /// Registers the complete shards of `version` and finishes it once all `expected` are complete;
-/// returns whether this call finished it.
+/// returns whether this call finished it. With dedupe on, finishing first saves the version's
+/// dedupe index (`dedup.index`, what later versions dedupe against), made from the parent's
+/// index and every shard of the folder, so that it covers the rows of every worker.
 async fn register(
     reg: &Registry,
     cfg: &IngestConfig,
+    lineage: &Lineage,
     version: &DatasetVersion,
     expected: u64,
 ) -> Result<bool> {
@@ -126,6 +129,16 @@ async fn register(
         .await?;
     }
     let finished = complete.len() as u64 == expected && version.status == "BUILDING";
+    if finished && cfg.dedupe {
+        let (cfg, lineage) = (cfg.clone(), lineage.clone());
+        tokio::task::spawn_blocking(move || {
+            let index = pipeline::load_index(&cfg, &lineage, &complete)?;
+            index.save(&cfg.output.join(INDEX_FILE), &lineage.key_prefix)
+        })
+        .await
+        .context("the dedupe index thread panicked")?
+        .context("saving the version's dedupe index")?;
+    }
     if finished {
         reg.finish_dataset_version(version.id, serde_json::to_value(&total)?)
             .await?;
@@ -227,7 +240,7 @@ pub async fn ingest(
     }
 
     let expected = summary.input_rows.div_ceil(cfg.shard_size);
-    let finished = match register(reg, &cfg, &version, expected).await {
+    let finished = match register(reg, &cfg, &lineage, &version, expected).await {
         Ok(finished) => finished,
         // Workers sharing the list by claims register concurrently; the one that finishes the
         // version has registered every shard, and the others may then fail on it.

@@ -6,7 +6,7 @@
 //! Shards whose stats file exists are skipped, so a killed run resumes where it stopped.
 use crate::canon::canonical;
 use crate::caption::{pre_caption, MAX_WORDS};
-use crate::dedup::{DedupIndex, DupKind, INDEX_FILE};
+use crate::dedup::{DedupIndex, DupKind};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::resizer::{self, ImageConfig, StepTimes};
 use crate::shard::{self, Row, ShardWriter, Status};
@@ -231,8 +231,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Loads the parent's index and the rows of this folder's complete shards.
-fn load_index(cfg: &IngestConfig, lineage: &Lineage, done: &[u64]) -> Result<DedupIndex> {
+/// Loads the parent's index and the rows of this folder's complete shards `done`.
+pub(crate) fn load_index(
+    cfg: &IngestConfig,
+    lineage: &Lineage,
+    done: &[u64],
+) -> Result<DedupIndex> {
     let mut index = match &lineage.parent_index {
         Some(p) if p.exists() => DedupIndex::load(p)?,
         _ => DedupIndex::new(),
@@ -733,14 +737,6 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
-    if let (Some(idx), true) = (&index, incomplete == 0 && !interrupted) {
-        let idx = idx.clone();
-        let (path, prefix) = (cfg.output.join(INDEX_FILE), lineage.key_prefix.clone());
-        tokio::task::spawn_blocking(move || {
-            idx.lock().expect("dedupe index lock").save(&path, &prefix)
-        })
-        .await??;
-    }
     let mut summary = Summary {
         input_rows: total,
         rows_written: stats.rows,

@@ -11,6 +11,7 @@ mod common;
 #[path = "../../registry/tests/common/mod.rs"]
 mod registry_db;
 
+use albef_ingest::dedup::{DedupIndex, INDEX_FILE};
 use albef_ingest::fetch::FetchConfig;
 use albef_ingest::schedule_worker::{self, LockOptions};
 use albef_ingest::shard;
@@ -239,6 +240,9 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
     let n = keys.len();
     keys.dedup();
     assert_eq!((n, keys.len()), (ROWS, ROWS), "one row per input row");
+    // The version's dedupe index holds the rows of both workers (every URL and picture).
+    let index = DedupIndex::load(&out.join(INDEX_FILE)).unwrap();
+    assert_eq!(index.len(), (ROWS, ROWS, ROWS), "urls, sha256s, phashes");
     let names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
