@@ -51,6 +51,10 @@ pub(super) struct GenerateArgs {
     /// (1,728 possible scenes)
     #[arg(long, default_value_t = synth::PAIR_SHARE)]
     pair_share: f64,
+    /// Multiplies the objects' sizes (1: radii of 7-16% of the picture's side), in [0.25, 2];
+    /// larger objects cover more ViT patches and are learnt in fewer steps
+    #[arg(long, default_value_t = 1.0)]
+    object_scale: f64,
     /// Pictures kept apart for evaluation, with distinct scenes [default: min(1000, n/5)]
     #[arg(long)]
     heldout: Option<usize>,
@@ -115,6 +119,7 @@ pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<synth::Summary> 
         dup_frac: a.dup_frac,
         image_size: a.image_size,
         pair_share: a.pair_share,
+        object_scale: a.object_scale,
         heldout: a.heldout.unwrap_or((a.n / 5).min(1000)),
         base_url: a.base_url.clone(),
         threads: a.threads,

@@ -28,6 +28,9 @@ pub struct GenerateOptions {
     /// Share of pictures with two objects in a relation; the rest show a lone object in one of
     /// nine places (1,728 possible scenes, an easier corpus with 0).
     pub pair_share: f64,
+    /// Multiplies the objects' sizes (1: radii of 7-16% of the side; larger objects cover more
+    /// ViT patches and are learnt sooner).
+    pub object_scale: f64,
     /// Pictures kept apart for evaluation (clean, no duplicates, distinct captions).
     pub heldout: usize,
     /// Written into the URL lists; `albef corpus serve` rewrites them with its own address.
@@ -44,6 +47,7 @@ impl Default for GenerateOptions {
             dup_frac: 0.0,
             image_size: 160,
             pair_share: PAIR_SHARE,
+            object_scale: 1.0,
             heldout: 0,
             base_url: "http://127.0.0.1:8000".into(),
             threads: 2,
@@ -133,6 +137,9 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
             bail!("{flag} {value} must lie in [0, 1]");
         }
     }
+    if !(0.25..=2.0).contains(&opts.object_scale) {
+        bail!("--object-scale {} must lie in [0.25, 2]", opts.object_scale);
+    }
     if !(32..=1024).contains(&opts.image_size) {
         bail!("--image-size {} must lie in 32..=1024", opts.image_size);
     }
@@ -149,7 +156,7 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
         let mut r = rng(&[opts.seed, 0, i as u64]);
         let mut tries = 0;
         loop {
-            let scene = Scene::sample(&mut r, opts.pair_share);
+            let scene = Scene::sample(&mut r, opts.pair_share, opts.object_scale as f32);
             let template = r.usize(..TEMPLATES);
             if i >= train_count && !heldout_scenes.insert(scene.caption(0)) {
                 tries += 1;

@@ -153,17 +153,18 @@ pub const TEMPLATES: usize = 3;
 
 impl Scene {
     /// A random scene: a lone object, or with probability `pair_share` (the corpus default is
-    /// [`PAIR_SHARE`]) two objects in a relation.
-    pub fn sample(rng: &mut fastrand::Rng, pair_share: f64) -> Scene {
+    /// [`PAIR_SHARE`]) two objects in a relation. `object_scale` multiplies the objects' sizes
+    /// (1: radii of 7-16% of the side); objects are kept inside the picture.
+    pub fn sample(rng: &mut fastrand::Rng, pair_share: f64, object_scale: f32) -> Scene {
         let background = rng.usize(..BACKGROUNDS.len());
         let background_tint = tint(rng, 10);
         let shading = [wave(rng), wave(rng)];
         if rng.f32() < (1.0 - pair_share) as f32 {
             let place = rng.usize(..PLACES.len());
             let (col, row) = ((place % 3) as f32, (place / 3) as f32);
-            let mut object = sample_object(rng, 0.08, 0.16);
-            object.cx = 0.22 + 0.28 * col + jitter(rng, 0.03);
-            object.cy = 0.22 + 0.28 * row + jitter(rng, 0.03);
+            let mut object = sample_object(rng, 0.08 * object_scale, 0.16 * object_scale);
+            object.cx = inside(0.22 + 0.28 * col + jitter(rng, 0.03), object.radius);
+            object.cy = inside(0.22 + 0.28 * row + jitter(rng, 0.03), object.radius);
             Scene {
                 background,
                 background_tint,
@@ -173,9 +174,10 @@ impl Scene {
             }
         } else {
             let relation = RELATIONS[rng.usize(..RELATIONS.len())];
-            let mut a = sample_object(rng, 0.07, 0.14);
+            let (small, large) = (0.07 * object_scale, 0.14 * object_scale);
+            let mut a = sample_object(rng, small, large);
             let mut b = loop {
-                let b = sample_object(rng, 0.07, 0.14);
+                let b = sample_object(rng, small, large);
                 if !b.same_kind(&a) {
                     break b;
                 }
@@ -190,7 +192,8 @@ impl Scene {
                 Relation::LeftOf => ((near, free_a), (far, free_b)),
                 Relation::RightOf => ((far, free_a), (near, free_b)),
             };
-            (a.cx, a.cy, b.cx, b.cy) = (ax, ay, bx, by);
+            (a.cx, a.cy) = (inside(ax, a.radius), inside(ay, a.radius));
+            (b.cx, b.cy) = (inside(bx, b.radius), inside(by, b.radius));
             Scene {
                 background,
                 background_tint,
@@ -248,6 +251,11 @@ fn wave(rng: &mut fastrand::Rng) -> Wave {
     }
 }
 
+/// A centre coordinate moved, where needed, so that an object of `radius` stays inside.
+fn inside(c: f32, radius: f32) -> f32 {
+    c.clamp(radius.min(0.5), (1.0 - radius).max(0.5))
+}
+
 /// Uniform in [-amount, amount].
 fn jitter(rng: &mut fastrand::Rng, amount: f32) -> f32 {
     (rng.f32() * 2.0 - 1.0) * amount
@@ -265,7 +273,7 @@ mod tests {
     fn captions_name_every_attribute() {
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..200 {
-            let scene = Scene::sample(&mut rng, PAIR_SHARE);
+            let scene = Scene::sample(&mut rng, PAIR_SHARE, 1.0);
             let caption = scene.caption(0);
             for o in &scene.objects {
                 assert!(caption.contains(COLOURS[o.colour].0), "{caption}");
@@ -274,6 +282,20 @@ mod tests {
             }
             assert!(caption.contains(BACKGROUNDS[scene.background].0));
             assert_ne!(scene.caption(0), scene.caption(1));
+        }
+    }
+
+    #[test]
+    fn scaled_objects_grow_and_stay_inside() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        for _ in 0..500 {
+            let scene = Scene::sample(&mut rng, PAIR_SHARE, 1.8);
+            for o in &scene.objects {
+                assert!(o.radius >= 0.07 * 1.8 * 0.88, "{o:?}");
+                for c in [o.cx, o.cy] {
+                    assert!(c - o.radius >= -1e-6 && c + o.radius <= 1.0 + 1e-6, "{o:?}");
+                }
+            }
         }
     }
 }
