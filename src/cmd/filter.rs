@@ -41,7 +41,7 @@ pub struct FilterArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// The BERT tokenizer.json
-    #[arg(long, default_value = "assets/tokenizer.json")]
+    #[arg(long, env = "ALBEF_TOKENIZER", default_value = "assets/tokenizer.json")]
     tokenizer: PathBuf,
     /// Lowest- and highest-scored pairs shown on the contact sheet, each
     #[arg(long, default_value_t = 8)]
