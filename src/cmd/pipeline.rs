@@ -156,10 +156,37 @@ impl PipelineConfig {
             );
         }
         if cfg.train.config.is_relative() {
-            let dir = path.parent().unwrap_or(Path::new("."));
+            // Resolved, so that the same file named by a relative or an absolute path (or from
+            // another folder) is the same config to a rerun.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("cannot resolve the folder of {}", path.display()))?;
             cfg.train.config = dir.join(&cfg.train.config);
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_config_resolves_the_same_from_relative_and_absolute_paths() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let absolute = PipelineConfig::load(&root.join("configs/demo.toml")).unwrap();
+        // Tests run in the package root.
+        let relative = PipelineConfig::load(Path::new("configs/demo.toml")).unwrap();
+        assert_eq!(absolute.train.config, relative.train.config);
+        assert!(absolute.train.config.is_absolute());
+        assert_eq!(
+            serde_json::to_value(&absolute).unwrap(),
+            serde_json::to_value(&relative).unwrap()
+        );
     }
 }
 
