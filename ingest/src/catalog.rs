@@ -2,6 +2,7 @@
 //! finished version of the dataset, whose dedupe index it extends), the shards it committed,
 //! and the end of the version. A marker file in the output folder names the version, so a run
 //! that was killed and started again continues the same version instead of making a new one.
+use crate::crossdup;
 use crate::dedup::INDEX_FILE;
 use crate::pipeline::{self, IngestConfig, Lineage, Summary};
 use crate::shard;
@@ -100,7 +101,9 @@ async fn open_version(
 /// Registers the complete shards of `version` and finishes it once all `expected` are complete;
 /// returns whether this call finished it. With dedupe on, finishing first saves the version's
 /// dedupe index (`dedup.index`, what later versions dedupe against), made from the parent's
-/// index and every shard of the folder, so that it covers the rows of every worker.
+/// index and every shard of the folder, so that it covers the rows of every worker; when
+/// several workers built the version, the rows they fetched at the same time are deduped
+/// against each other first ([`crossdup`](crate::crossdup)).
 async fn register(
     reg: &Registry,
     cfg: &IngestConfig,
@@ -109,6 +112,34 @@ async fn register(
     expected: u64,
 ) -> Result<bool> {
     let complete = shard::complete_shards(&cfg.output)?;
+    let finished = complete.len() as u64 == expected && version.status == "BUILDING";
+    if finished && cfg.dedupe {
+        let (cfg, lineage, complete) = (cfg.clone(), lineage.clone(), complete.clone());
+        tokio::task::spawn_blocking(move || {
+            let index = if cfg.claims.is_some() || cfg.num_workers > 1 {
+                let pass = crossdup::dedupe_across_workers(
+                    &cfg.output,
+                    lineage.parent_index.as_deref(),
+                    cfg.phash_distance,
+                    &complete,
+                )?;
+                if pass.marked > 0 {
+                    tracing::info!(
+                        rows = pass.marked,
+                        shards = ?pass.rewritten,
+                        "marked duplicates fetched by different workers"
+                    );
+                }
+                pass.index
+            } else {
+                pipeline::load_index(&cfg, &lineage, &complete)?
+            };
+            index.save(&cfg.output.join(INDEX_FILE), &lineage.key_prefix)
+        })
+        .await
+        .context("the dedupe index thread panicked")?
+        .context("saving the version's dedupe index")?;
+    }
     let mut total = crate::stats::Stats::default();
     for &s in &complete {
         let path = shard::stats_path(&cfg.output, s);
@@ -127,17 +158,6 @@ async fn register(
             },
         )
         .await?;
-    }
-    let finished = complete.len() as u64 == expected && version.status == "BUILDING";
-    if finished && cfg.dedupe {
-        let (cfg, lineage) = (cfg.clone(), lineage.clone());
-        tokio::task::spawn_blocking(move || {
-            let index = pipeline::load_index(&cfg, &lineage, &complete)?;
-            index.save(&cfg.output.join(INDEX_FILE), &lineage.key_prefix)
-        })
-        .await
-        .context("the dedupe index thread panicked")?
-        .context("saving the version's dedupe index")?;
     }
     if finished {
         reg.finish_dataset_version(version.id, serde_json::to_value(&total)?)
@@ -242,9 +262,9 @@ pub async fn ingest(
     let expected = summary.input_rows.div_ceil(cfg.shard_size);
     let finished = match register(reg, &cfg, &lineage, &version, expected).await {
         Ok(finished) => finished,
-        // Workers sharing the list by claims register concurrently; the one that finishes the
-        // version has registered every shard, and the others may then fail on it.
-        Err(e) if cfg.claims.is_some() => {
+        // Workers sharing the list register concurrently; the one that finishes the version
+        // has registered every shard, and the others may then fail on it.
+        Err(e) if cfg.claims.is_some() || cfg.num_workers > 1 => {
             if reg.dataset_version_by_id(version.id).await?.status != "FINISHED" {
                 return Err(e);
             }

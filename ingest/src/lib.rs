@@ -6,6 +6,7 @@
 pub mod canon;
 pub mod caption;
 pub mod catalog;
+pub mod crossdup;
 pub mod dedup;
 pub mod fetch;
 pub mod phash;

@@ -270,6 +270,14 @@ pub(crate) fn load_index(
     Ok(index)
 }
 
+/// The `error_message` of a row whose content repeats the row `first`.
+pub(crate) fn content_dup_message(first: &str, kind: DupKind) -> String {
+    match kind {
+        DupKind::Near(d) => format!("near duplicate of {first} (pHash distance {d})"),
+        _ => format!("same bytes as {first}"),
+    }
+}
+
 /// Fetches, processes and dedupes one row.
 async fn fetch_row(
     mut row: Row,
@@ -360,12 +368,7 @@ async fn fetch_row(
             match dup {
                 Some((first, kind)) => {
                     row.status = Some(Status::Duplicate);
-                    row.error_message = Some(match kind {
-                        DupKind::Near(d) => {
-                            format!("near duplicate of {first} (pHash distance {d})")
-                        }
-                        _ => format!("same bytes as {first}"),
-                    });
+                    row.error_message = Some(content_dup_message(&first, kind));
                     row.dup_of = Some(first);
                     meta.dup = Some(kind);
                 }
@@ -459,6 +462,7 @@ fn write_shards(
                 duration_s: s.clock.elapsed().as_secs_f64(),
                 parquet_bytes: 0,
                 stats: stats.clone(),
+                late_duplicates: Vec::new(),
             };
             // The size is known only after closing; the stats file is written after that.
             s.writer.finish(|bytes| {

@@ -171,6 +171,19 @@ pub fn process(
     })
 }
 
+/// The mirrored-image pHash of a JPEG that ingest wrote, as [`process`] computed it before
+/// encoding (up to the JPEG's loss).
+pub fn stored_mirror_phash(jpg: &[u8]) -> Result<u64, String> {
+    let cfg = ImageConfig {
+        mode: ResizeMode::No,
+        min_size: 1,
+        max_aspect_ratio: f64::INFINITY,
+        ..ImageConfig::default()
+    };
+    let (rgb, _) = decode_jpeg(jpg, &cfg).map_err(|r| r.message)?;
+    Ok(phash::phash_rgb(rgb.as_raw(), rgb.width(), rgb.height()).1)
+}
+
 /// Size and shape checks on the declared (oriented) dimensions, before decoding.
 fn check_dims(w: u32, h: u32, cfg: &ImageConfig) -> Result<(), Rejected> {
     let orig = Some((w, h));

@@ -193,9 +193,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     commit_tmp(&tmp, path)
 }
 
+/// `{name}.tmp-{pid}-{n}`: unique to this process and, through `n`, to this writer, so that two
+/// writers of one path (workers finishing a version at once) never share a temporary file.
 fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -256,10 +260,17 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
+    /// A writer of a new shard (its owner's temporary files of an earlier attempt removed).
     pub fn create(dir: &Path, shard: u64, extra: &[String]) -> Result<ShardWriter> {
+        remove_stale_tmp(dir, &[&parquet_path(dir, shard), &stats_path(dir, shard)])?;
+        Self::rewrite(dir, shard, extra)
+    }
+
+    /// A writer that replaces a complete shard; other processes may be rewriting it too (each
+    /// with its own temporary name), so no temporary file is removed.
+    pub fn rewrite(dir: &Path, shard: u64, extra: &[String]) -> Result<ShardWriter> {
         let path = parquet_path(dir, shard);
         let stats = stats_path(dir, shard);
-        remove_stale_tmp(dir, &[&path, &stats])?;
         let tmp = tmp_path(&path);
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;

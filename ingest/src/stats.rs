@@ -94,6 +94,20 @@ pub struct ShardStats {
     pub parquet_bytes: u64,
     #[serde(flatten)]
     pub stats: Stats,
+    /// Rows found to repeat a row of another worker when the version was finished (see
+    /// `crossdup`), already counted in `stats`; the journal of that pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_duplicates: Vec<LateDuplicate>,
+}
+
+/// A row re-marked as a duplicate when the version was finished.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LateDuplicate {
+    pub key: String,
+    pub dup_of: String,
+    /// The dedupe layer (sha256 or phash).
+    pub kind: String,
+    pub error_message: String,
 }
 
 #[cfg(test)]
@@ -119,6 +133,7 @@ mod tests {
             duration_s: 1.5,
             parquet_bytes: 10,
             stats: b,
+            late_duplicates: Vec::new(),
         };
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"by_status\""));

@@ -12,10 +12,8 @@ mod common;
 mod registry_db;
 
 use albef_ingest::dedup::{DedupIndex, INDEX_FILE};
-use albef_ingest::fetch::FetchConfig;
 use albef_ingest::schedule_worker::{self, LockOptions};
 use albef_ingest::shard;
-use albef_ingest::source::InputSpec;
 use albef_ingest::{IngestConfig, ShardClaims};
 use albef_registry::Registry;
 use common::*;
@@ -38,27 +36,15 @@ async fn worker(dir: &Path) {
     let url = std::fs::read_to_string(dir.join("registry.url")).unwrap();
     let reg = Registry::connect(&url).await.unwrap();
     let cfg = IngestConfig {
-        input: InputSpec {
-            input: dir.join("list.tsv").display().to_string(),
-            ..Default::default()
-        },
-        output: dir.join("ds"),
-        shard_size: SHARD_SIZE,
         claims: Some(ShardClaims {
             reg: reg.clone(),
             scope: String::new(),
             owner: name.clone(),
             lease: LEASE,
         }),
-        fetch: FetchConfig {
-            timeout: Duration::from_secs(5),
-            retries: 0,
-            per_host_concurrency: 2,
-            ..FetchConfig::default()
-        },
-        progress: false,
-        ..IngestConfig::default()
+        ..worker_config(&dir.join("list.tsv"), &dir.join("ds"), SHARD_SIZE)
     };
+
     let lock = LockOptions {
         owner: format!("{}:{name}", albef_registry::process_owner()),
         lease: Duration::from_secs(30),

@@ -8,9 +8,7 @@
 mod common;
 
 use albef_ingest::catalog;
-use albef_ingest::fetch::FetchConfig;
 use albef_ingest::shard::{self, Status};
-use albef_ingest::source::InputSpec;
 use albef_ingest::IngestConfig;
 use albef_registry::Registry;
 use common::*;
@@ -29,22 +27,7 @@ const SHARD_SIZE: u64 = 8;
 const COPY: (usize, usize) = (3, 45);
 
 fn config(dir: &Path) -> IngestConfig {
-    IngestConfig {
-        input: InputSpec {
-            input: dir.join("list.tsv").display().to_string(),
-            ..Default::default()
-        },
-        output: dir.join("ds"),
-        shard_size: SHARD_SIZE,
-        fetch: FetchConfig {
-            timeout: Duration::from_secs(5),
-            retries: 0,
-            per_host_concurrency: 2,
-            ..FetchConfig::default()
-        },
-        progress: false,
-        ..IngestConfig::default()
-    }
+    worker_config(&dir.join("list.tsv"), &dir.join("ds"), SHARD_SIZE)
 }
 
 async fn ingest(dir: &Path) -> catalog::Outcome {

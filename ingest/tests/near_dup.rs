@@ -110,6 +110,47 @@ fn line(t: u32, distinct: &[(u64, u64)], copies: &[Vec<(u64, u64)>]) -> Line {
     }
 }
 
+/// Prints the table for distances 0..=16 and returns its lines.
+fn report(distinct: &[(u64, u64)], copies: &[Vec<(u64, u64)>]) -> Vec<Line> {
+    println!(
+        "recall: share of copies within the distance of their original (mirror-: mirrored copies \
+         without the flipped-hash check); false pos: distinct pairs within it; precision: copies \
+         found / (copies found + false pos)"
+    );
+    let names: Vec<String> = TRANSFORMS.iter().map(|(t, _)| format!("{t:>8}")).collect();
+    println!(
+        "dist {}  mirror-       all  false pos  precision",
+        names.join(" ")
+    );
+    let lines: Vec<Line> = (0..=16).map(|t| line(t, distinct, copies)).collect();
+    for (t, l) in lines.iter().enumerate() {
+        println!(
+            "{t:>4} {}  {:>7.3}  {:>8.3}  {:>9}  {:>9.4}",
+            l.recalls
+                .iter()
+                .map(|r| format!("{r:>8.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            l.mirror_unflipped,
+            l.recall_all,
+            l.false_pos,
+            l.precision
+        );
+    }
+    lines
+}
+
+/// Resizing, re-encoding and mirroring are what the web does most; at the default distance they
+/// must be caught.
+fn check_recall_at_default(lines: &[Line]) {
+    let at_default = &lines[DEFAULT_PHASH_DISTANCE as usize];
+    for (name, recall) in TRANSFORMS.iter().map(|t| t.0).zip(&at_default.recalls) {
+        if !name.starts_with("crop") {
+            assert!(*recall >= 0.95, "{name}: recall {recall} at the default");
+        }
+    }
+}
+
 #[test]
 fn precision_and_recall_by_distance() {
     // Copies are made of the first `with_copies` images; all `n` are the distinct set.
@@ -136,31 +177,7 @@ fn precision_and_recall_by_distance() {
         "near-duplicate detector: {n} distinct generated images (JPEG q95, {pairs} pairs); one \
          copy per transform of {with_copies} of them"
     );
-    println!(
-        "recall: share of copies within the distance of their original (mirror-: mirrored copies \
-         without the flipped-hash check); false pos: distinct pairs within it; precision: copies \
-         found / (copies found + false pos)"
-    );
-    let names: Vec<String> = TRANSFORMS.iter().map(|(t, _)| format!("{t:>8}")).collect();
-    println!(
-        "dist {}  mirror-       all  false pos  precision",
-        names.join(" ")
-    );
-    let lines: Vec<Line> = (0..=16).map(|t| line(t, &distinct, &copies)).collect();
-    for (t, l) in lines.iter().enumerate() {
-        println!(
-            "{t:>4} {}  {:>7.3}  {:>8.3}  {:>9}  {:>9.4}",
-            l.recalls
-                .iter()
-                .map(|r| format!("{r:>8.3}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            l.mirror_unflipped,
-            l.recall_all,
-            l.false_pos,
-            l.precision
-        );
-    }
+    let lines = report(&distinct, &copies);
     // The supported default: the largest distance at which at most 1 in 100,000 distinct pairs
     // is matched (these generated pictures are more alike than web photos, so real rates are
     // lower). Every hash has exactly 32 bits set, so distances are even: 2k+1 acts as 2k.
@@ -182,10 +199,66 @@ fn precision_and_recall_by_distance() {
         DEFAULT_PHASH_DISTANCE + 1 >= supported,
         "the measurement supports {supported}, above the default {DEFAULT_PHASH_DISTANCE}"
     );
-    // Resizing, re-encoding and mirroring are what the web does most; they must be caught.
-    for (name, recall) in TRANSFORMS.iter().map(|t| t.0).zip(&at_default.recalls) {
-        if !name.starts_with("crop") {
-            assert!(*recall >= 0.95, "{name}: recall {recall} at the default");
+    check_recall_at_default(&lines);
+}
+
+/// The same table on photographs: every picture in the folder `ALBEF_DEDUPE_PHOTOS`, scaled to
+/// a shorter side of 1024 px and cut into 4x4 tiles. The tiles are the distinct set (tiles of
+/// one photograph share its light and texture, harder to tell apart than separate photographs)
+/// and each tile gets one copy per transform. A measurement, not a gate: it prints the figures
+/// for the README. `scripts/bench-dedupe-photos` fetches a folder.
+#[test]
+#[ignore = "needs a folder of photographs: scripts/bench-dedupe-photos"]
+fn precision_and_recall_on_photographs() {
+    let dir = std::env::var("ALBEF_DEDUPE_PHOTOS")
+        .expect("set ALBEF_DEDUPE_PHOTOS to a folder of photographs");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .jpg or .png in {dir}");
+    let (mut distinct, mut copies) = (Vec::new(), vec![Vec::new(); TRANSFORMS.len()]);
+    for f in &files {
+        let img = image::open(f)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", f.display()))
+            .to_rgb8();
+        let (w, h) = img.dimensions();
+        let scale = 1024.0 / w.min(h) as f64;
+        let img = imageops::resize(
+            &img,
+            (w as f64 * scale).round() as u32,
+            (h as f64 * scale).round() as u32,
+            FilterType::Triangle,
+        );
+        let (tw, th) = (img.width() / 4, img.height() / 4);
+        for (x, y) in (0..4).flat_map(|y| (0..4).map(move |x| (x, y))) {
+            let tile = imageops::crop_imm(&img, x * tw, y * th, tw, th).to_image();
+            distinct.push(hashes(&jpeg(&tile, 95)));
+            for (c, (_, make)) in copies.iter_mut().zip(TRANSFORMS) {
+                c.push(hashes(&make(&tile)));
+            }
         }
     }
+    let n = distinct.len() as u64;
+    let pairs = n * (n - 1) / 2;
+    println!(
+        "near-duplicate detector: {} photographs from {dir}, 4x4 tiles each: {n} distinct \
+         tiles (JPEG q95, {pairs} pairs), one copy per transform of each",
+        files.len()
+    );
+    let lines = report(&distinct, &copies);
+    let at_default = &lines[DEFAULT_PHASH_DISTANCE as usize];
+    println!(
+        "default --phash-distance {DEFAULT_PHASH_DISTANCE}: {} of {pairs} distinct pairs matched \
+         ({:.1e} per pair), recall {:.3}",
+        at_default.false_pos,
+        at_default.false_pos as f64 / pairs as f64,
+        at_default.recall_all
+    );
 }

@@ -185,3 +185,28 @@ pub async fn serve(routes: HashMap<String, Reply>) -> Server {
     });
     Server { addr, hits }
 }
+
+/// An ingest of the list `list` into `out` in shards of `shard_size` rows, as the tests of
+/// workers run it: a 5 s timeout, no retries, two requests per host, no progress bar.
+pub fn worker_config(
+    list: &std::path::Path,
+    out: &std::path::Path,
+    shard_size: u64,
+) -> albef_ingest::IngestConfig {
+    albef_ingest::IngestConfig {
+        input: albef_ingest::source::InputSpec {
+            input: list.display().to_string(),
+            ..Default::default()
+        },
+        output: out.to_path_buf(),
+        shard_size,
+        fetch: albef_ingest::fetch::FetchConfig {
+            timeout: Duration::from_secs(5),
+            retries: 0,
+            per_host_concurrency: 2,
+            ..albef_ingest::fetch::FetchConfig::default()
+        },
+        progress: false,
+        ..albef_ingest::IngestConfig::default()
+    }
+}
