@@ -261,4 +261,24 @@ fn precision_and_recall_on_photographs() {
         at_default.false_pos as f64 / pairs as f64,
         at_default.recall_all
     );
+    // Tiles of one photograph against tiles of different photographs.
+    let tiles = 16;
+    let (mut same, mut across) = (0u64, 0u64);
+    for i in 0..distinct.len() {
+        for j in i + 1..distinct.len() {
+            if distance(distinct[i].0, distinct[j]) <= DEFAULT_PHASH_DISTANCE {
+                if i / tiles == j / tiles {
+                    same += 1;
+                } else {
+                    across += 1;
+                }
+            }
+        }
+    }
+    let same_pairs = files.len() as u64 * (tiles * (tiles - 1) / 2) as u64;
+    println!(
+        "of those: {same} of {same_pairs} pairs of tiles of one photograph, {across} of {} pairs \
+         of tiles of different photographs",
+        pairs - same_pairs
+    );
 }
