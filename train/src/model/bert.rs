@@ -207,10 +207,9 @@ impl BertLayer {
 pub enum Mode {
     /// Layers `0..fusion_layer`: the text encoder.
     Text,
-    /// Layers `fusion_layer..`: the multimodal encoder, on given text states.
+    /// Layers `fusion_layer..`: the multimodal encoder, on given text states. The MLM pass
+    /// (the official `mode='full'`) is Text on the masked ids, then Fusion.
     Fusion,
-    /// All layers (the MLM pass).
-    Full,
 }
 
 /// `BertModel` without the pooler (`add_pooling_layer=False` in `BertForMaskedLM`).
@@ -247,7 +246,6 @@ impl BertModel {
         let (range, mut x) = match mode {
             Mode::Text => (0..self.fusion_layer, self.embeddings.forward(input, train)),
             Mode::Fusion => (self.fusion_layer..self.layers.len(), input.shallow_clone()),
-            Mode::Full => (0..self.layers.len(), self.embeddings.forward(input, train)),
         };
         let mask = extended_mask(attention_mask);
         for layer in &self.layers[range] {
@@ -319,19 +317,24 @@ impl BertForMaskedLm {
         BertForMaskedLm { bert, cls }
     }
 
-    /// The MLM logits at the positions where `labels` != -100, in row-major order: a full pass
-    /// (text + fusion layers) on `input_ids`, then the head on the selected rows only.
+    /// The MLM logits at `positions` (row-major indices into [B * L], where the labels are not
+    /// -100) from `text_hidden`, the text layers' states of the masked ids: the fusion layers,
+    /// then the head on the selected rows only.
     pub fn masked_logits(
         &self,
-        input_ids: &Tensor,
+        text_hidden: &Tensor,
         attention_mask: &Tensor,
         image: &Tensor,
         positions: &Tensor,
         train: bool,
     ) -> Tensor {
-        let hidden = self
-            .bert
-            .forward(input_ids, attention_mask, Some(image), Mode::Full, train);
+        let hidden = self.bert.forward(
+            text_hidden,
+            attention_mask,
+            Some(image),
+            Mode::Fusion,
+            train,
+        );
         let width = *hidden.size().last().expect("hidden states are [B, L, H]");
         self.cls
             .forward(&hidden.reshape([-1, width]).index_select(0, positions))

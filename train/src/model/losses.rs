@@ -170,13 +170,19 @@ impl Albef {
         });
         let mask = &batch.attention_mask;
 
-        // Student passes (L92-100).
+        // Student passes (L92-100). The text layers take the MLM-masked ids in the same batch as
+        // the captions (same weights; the official MLM pass, L188-200, runs them later): one
+        // pass of larger matrix products instead of two.
         let image_embeds = self.visual_encoder.forward(&batch.image);
         let image_feat = normalize(&self.vision_proj.forward(&image_embeds.select(1, 0)), -1);
-        let text_embeds =
-            self.text_encoder
-                .bert
-                .forward(&batch.input_ids, mask, None, Mode::Text, train);
+        let both = self.text_encoder.bert.forward(
+            &Tensor::cat(&[&batch.input_ids, &mlm.input_ids], 0),
+            &Tensor::cat(&[mask, mask], 0),
+            None,
+            Mode::Text,
+            train,
+        );
+        let (text_embeds, mlm_text) = (both.narrow(0, 0, bs), both.narrow(0, bs, bs));
         let text_feat = normalize(&self.text_proj.forward(&text_embeds.select(1, 0)), -1);
 
         // Momentum update, then the teacher (L103-120), without gradient.
@@ -187,10 +193,21 @@ impl Albef {
                 &self.vision_proj_m.forward(&image_embeds_m.select(1, 0)),
                 -1,
             );
-            let text_m =
-                self.text_encoder_m
-                    .bert
-                    .forward(&batch.input_ids, mask, None, Mode::Text, train);
+            // The teacher's MLM states only matter with alpha > 0 (they are its weight).
+            let distill = alpha > 0.0;
+            let (ids_m, mask_m) = if distill {
+                (
+                    Tensor::cat(&[&batch.input_ids, &mlm.input_ids], 0),
+                    Tensor::cat(&[mask, mask], 0),
+                )
+            } else {
+                (batch.input_ids.shallow_clone(), mask.shallow_clone())
+            };
+            let both_m = self
+                .text_encoder_m
+                .bert
+                .forward(&ids_m, &mask_m, None, Mode::Text, train);
+            let text_m = both_m.narrow(0, 0, bs);
             let text_feat_m = normalize(&self.text_proj_m.forward(&text_m.select(1, 0)), -1);
             let image_feat_all = Tensor::cat(&[image_feat_m.tr(), self.image_queue.copy()], 1);
             let text_feat_all = Tensor::cat(&[text_feat_m.tr(), self.text_queue.copy()], 1);
@@ -204,6 +221,7 @@ impl Albef {
                 text_feat_m,
                 image_feat_all,
                 text_feat_all,
+                mlm_text_m: distill.then(|| both_m.narrow(0, bs, bs)),
             }
         });
 
@@ -283,32 +301,26 @@ impl Albef {
             Tensor::zeros([], (Kind::Float, image_feat.device()))
         } else {
             let targets = mlm.labels.view([-1]).index_select(0, &positions);
-            let soft = tch::no_grad(|| {
-                self.text_encoder_m
-                    .masked_logits(
-                        &mlm.input_ids,
-                        mask,
-                        &teacher.image_embeds_m,
-                        &positions,
-                        train,
-                    )
-                    .softmax(-1, Kind::Float)
+            let soft = teacher.mlm_text_m.as_ref().map(|text_m| {
+                tch::no_grad(|| {
+                    self.text_encoder_m
+                        .masked_logits(text_m, mask, &teacher.image_embeds_m, &positions, train)
+                        .softmax(-1, Kind::Float)
+                })
             });
-            let logits = self.text_encoder.masked_logits(
-                &mlm.input_ids,
-                mask,
-                &image_embeds,
-                &positions,
-                train,
-            );
+            let logits =
+                self.text_encoder
+                    .masked_logits(&mlm_text, mask, &image_embeds, &positions, train);
             let log_probs = logits.log_softmax(-1, Kind::Float);
-            let distill_terms = (&soft * &log_probs)
-                .sum_dim_intlist([-1].as_slice(), false, Kind::Float)
-                .neg();
+            let distill_terms = soft.map(|soft| {
+                (soft * &log_probs)
+                    .sum_dim_intlist([-1].as_slice(), false, Kind::Float)
+                    .neg()
+            });
             let (ce, distill) = match weight {
                 None => (
                     log_probs.nll_loss(&targets),
-                    distill_terms.mean(Kind::Float),
+                    distill_terms.map(|d| d.mean(Kind::Float)),
                 ),
                 Some(w) => {
                     // Each masked token weighted by its pair's weight.
@@ -320,11 +332,15 @@ impl Albef {
                         .neg();
                     (
                         (ce_terms * &w).mean(Kind::Float),
-                        (distill_terms * &w).mean(Kind::Float),
+                        distill_terms.map(|d| (d * &w).mean(Kind::Float)),
                     )
                 }
             };
-            ce * (1.0 - alpha) + distill * alpha
+            match distill {
+                Some(distill) => ce * (1.0 - alpha) + distill * alpha,
+                // alpha = 0: the teacher's term has weight 0 and is not computed.
+                None => ce * (1.0 - alpha),
+            }
         };
         Ok(Losses {
             itc,
@@ -351,6 +367,8 @@ struct Teacher {
     text_feat_m: Tensor,
     image_feat_all: Tensor,
     text_feat_all: Tensor,
+    /// The text layers' states of the MLM-masked ids (only with alpha > 0).
+    mlm_text_m: Option<Tensor>,
 }
 
 /// `alpha * softmax(sim_m) + (1 - alpha) * positives` over [B, B + Q] (in fp32); `positives`
