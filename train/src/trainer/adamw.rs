@@ -24,6 +24,100 @@ struct Param {
     lr_scale: f64,
 }
 
+/// One parameter's AdamW update (`torch.optim.AdamW`, single-tensor path):
+/// `p *= decay; m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
+/// p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps)`.
+#[derive(Clone, Copy)]
+struct Update {
+    decay: f64,
+    beta1: f64,
+    beta2: f64,
+    step_size: f64,
+    bias_correction2_sqrt: f64,
+    eps: f64,
+}
+
+/// Parameters with at least this many elements are updated by several threads on the CPU.
+const PARALLEL_MIN: usize = 1 << 18;
+
+impl Update {
+    /// The update in libtorch ops (any device and kind): a dozen passes over the parameter.
+    fn tensor_ops(self, p: &mut Param, grad: &Tensor) {
+        if self.decay != 1.0 {
+            let _ = p.tensor.g_mul_scalar_(self.decay);
+        }
+        let _ = p.exp_avg.lerp_(grad, 1.0 - self.beta1);
+        let _ = p.exp_avg_sq.g_mul_scalar_(self.beta2);
+        let _ = p.exp_avg_sq.g_add_(&((grad * (1.0 - self.beta2)) * grad));
+        let denom = (p.exp_avg_sq.sqrt() / self.bias_correction2_sqrt) + self.eps;
+        let _ = p.tensor.g_add_(&((&p.exp_avg / &denom) * -self.step_size));
+    }
+
+    /// The same update in one pass over contiguous f32 tensors on the CPU (what torch's
+    /// `fused=True` does; several times faster than the tensor ops on the 30,522-row
+    /// embedding). Returns false, touching nothing, for any other tensors.
+    fn fused_cpu(self, p: &mut Param, grad: &Tensor) -> bool {
+        let n = p.tensor.numel();
+        let fits = |t: &Tensor| {
+            t.device() == tch::Device::Cpu
+                && t.kind() == Kind::Float
+                && t.is_contiguous()
+                && t.numel() == n
+        };
+        if ![&p.tensor, grad, &p.exp_avg, &p.exp_avg_sq]
+            .into_iter()
+            .all(fits)
+        {
+            return false;
+        }
+        // SAFETY: four distinct contiguous f32 CPU buffers of n elements each (the gradient,
+        // the moments and the parameter never share storage), written by no one else during
+        // the optimiser step.
+        let (param, grad, m, v) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(p.tensor.data_ptr() as *mut f32, n),
+                std::slice::from_raw_parts(grad.data_ptr() as *const f32, n),
+                std::slice::from_raw_parts_mut(p.exp_avg.data_ptr() as *mut f32, n),
+                std::slice::from_raw_parts_mut(p.exp_avg_sq.data_ptr() as *mut f32, n),
+            )
+        };
+        let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(PARALLEL_MIN));
+        if threads <= 1 {
+            self.apply(param, grad, m, v);
+            return true;
+        }
+        let chunk = n.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts = param
+                .chunks_mut(chunk)
+                .zip(grad.chunks(chunk))
+                .zip(m.chunks_mut(chunk))
+                .zip(v.chunks_mut(chunk));
+            for (((param, grad), m), v) in parts {
+                scope.spawn(move || self.apply(param, grad, m, v));
+            }
+        });
+        true
+    }
+
+    /// The element-wise update, in f32 as libtorch computes it for f32 tensors.
+    fn apply(self, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let decay = self.decay as f32;
+        let w1 = (1.0 - self.beta1) as f32;
+        let beta2 = self.beta2 as f32;
+        let w2 = (1.0 - self.beta2) as f32;
+        let bc2 = self.bias_correction2_sqrt as f32;
+        let eps = self.eps as f32;
+        let step = -self.step_size as f32;
+        for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m).zip(v) {
+            *p *= decay;
+            *m += w1 * (g - *m);
+            *v = *v * beta2 + g * w2 * g;
+            *p += *m / (v.sqrt() / bc2 + eps) * step;
+        }
+    }
+}
+
 /// The optimiser's hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWOptions {
@@ -157,17 +251,19 @@ impl AdamW {
                 } else {
                     0.0
                 };
-                if wd != 0.0 {
-                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
-                }
-                let _ = p.exp_avg.lerp_(&grad, 1.0 - beta1);
-                let _ = p.exp_avg_sq.g_mul_scalar_(beta2);
-                let _ = p.exp_avg_sq.g_add_(&((&grad * (1.0 - beta2)) * &grad));
                 let bias_correction1 = 1.0 - beta1.powi(p.step as i32);
                 let bias_correction2 = 1.0 - beta2.powi(p.step as i32);
-                let step_size = lr / bias_correction1;
-                let denom = (p.exp_avg_sq.sqrt() / bias_correction2.sqrt()) + eps;
-                let _ = p.tensor.g_add_(&((&p.exp_avg / &denom) * -step_size));
+                let update = Update {
+                    decay: 1.0 - lr * wd,
+                    beta1,
+                    beta2,
+                    step_size: lr / bias_correction1,
+                    bias_correction2_sqrt: bias_correction2.sqrt(),
+                    eps,
+                };
+                if !update.fused_cpu(p, &grad) {
+                    update.tensor_ops(p, &grad);
+                }
             }
         });
     }
@@ -257,6 +353,66 @@ mod tests {
         let gw = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]) * scale;
         let gb = Tensor::from_slice(&[1.0f32, -1.0]) * scale;
         ((w * gw).sum(Kind::Float) + (b * gb).sum(Kind::Float)).backward();
+    }
+
+    #[test]
+    fn the_fused_cpu_pass_matches_the_tensor_ops() {
+        // Large enough for several threads; random moments as after some steps.
+        tch::manual_seed(3);
+        let n = 3 * PARALLEL_MIN as i64 + 17;
+        let zeros = Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        let mut fused = Param {
+            name: "p".into(),
+            tensor: zeros.randn_like(),
+            group: DECAY_GROUP,
+            exp_avg: zeros.randn_like() * 0.1,
+            exp_avg_sq: zeros.rand_like() * 0.01,
+            step: 4,
+            lr_scale: 1.0,
+        };
+        let copy = |p: &Param| Param {
+            name: p.name.clone(),
+            tensor: p.tensor.copy(),
+            group: p.group,
+            exp_avg: p.exp_avg.copy(),
+            exp_avg_sq: p.exp_avg_sq.copy(),
+            step: p.step,
+            lr_scale: p.lr_scale,
+        };
+        let (mut ops, before) = (copy(&fused), copy(&fused));
+        let grad = zeros.randn_like();
+        let update = Update {
+            decay: 1.0 - 1e-3 * 0.02,
+            beta1: 0.9,
+            beta2: 0.999,
+            step_size: 1e-3 / (1.0 - 0.9f64.powi(5)),
+            bias_correction2_sqrt: (1.0 - 0.999f64.powi(5)).sqrt(),
+            eps: 1e-8,
+        };
+        tch::no_grad(|| {
+            assert!(update.fused_cpu(&mut fused, &grad));
+            update.tensor_ops(&mut ops, &grad);
+            // A non-contiguous gradient is left to the tensor ops, and nothing is touched.
+            let mut other = copy(&before);
+            let strided = Tensor::zeros([2 * n], (Kind::Float, Device::Cpu)).slice(0, 0, 2 * n, 2);
+            assert!(!update.fused_cpu(&mut other, &strided));
+            assert!(other.tensor.equal(&before.tensor));
+        });
+        for (a, b) in [
+            (&fused.tensor, &ops.tensor),
+            (&fused.exp_avg, &ops.exp_avg),
+            (&fused.exp_avg_sq, &ops.exp_avg_sq),
+        ] {
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "max difference {diff}");
+        }
+        // The update happened (a few elements may move by less than their f32 spacing).
+        let moved = fused
+            .tensor
+            .ne_tensor(&before.tensor)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        assert!(moved > n * 9 / 10, "{moved} of {n} elements moved");
     }
 
     #[test]
