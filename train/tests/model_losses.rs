@@ -153,6 +153,29 @@ fn sampled_negatives_never_equal_the_positive() {
 }
 
 #[test]
+fn a_row_sure_of_its_positive_still_draws_a_negative() {
+    let _rng = rng_lock();
+    tch::manual_seed(11);
+    let bs = 6;
+    // Row 2's off-diagonal softmax terms underflow to exactly 0 (logit gap 200), as they do
+    // late in training at a low temperature; the other rows are ordinary.
+    let mut sim = Tensor::randn([bs, bs + 4], (Kind::Float, Device::Cpu));
+    let _ = sim.get(2).get(2).fill_(200.0);
+    let eye = Tensor::eye(bs, (Kind::Bool, Device::Cpu));
+    let mut drawn_for_row_2 = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let neg = sample_negatives(&sim, &sim, &eye).unwrap();
+        for idx in [&neg.image_idx, &neg.text_idx] {
+            let idx = Vec::<i64>::try_from(idx).unwrap();
+            assert!(idx.iter().enumerate().all(|(b, &j)| b as i64 != j));
+            drawn_for_row_2.insert(idx[2]);
+        }
+    }
+    // Uniform over the row's five negatives.
+    assert_eq!(drawn_for_row_2.len(), 5, "{drawn_for_row_2:?}");
+}
+
+#[test]
 fn sampled_negatives_never_show_the_same_picture() {
     let _rng = rng_lock();
     tch::manual_seed(10);

@@ -420,10 +420,18 @@ pub fn sample_negatives(sim_i2t: &Tensor, sim_t2i: &Tensor, same: &Tensor) -> Re
             lonely.int64_value(&[0, 0])
         );
     }
+    // A row whose softmax mass all sits on its own picture (off-diagonal terms underflow to 0
+    // once the temperature is low and the model sure) would leave multinomial nothing to draw
+    // from: such a row draws uniformly among its negatives instead. Other rows are the
+    // official weights.
+    let allowed = same.logical_not().to_kind(Kind::Float);
     let weights = |sim: &Tensor| {
-        sim.narrow(1, 0, bs)
+        let w = sim
+            .narrow(1, 0, bs)
             .softmax(1, Kind::Float)
-            .masked_fill(same, 0.0)
+            .masked_fill(same, 0.0);
+        let empty = w.sum_dim_intlist([1].as_slice(), true, Kind::Float).le(0.0);
+        allowed.where_self(&empty, &w)
     };
     Ok(Negatives {
         image_idx: weights(sim_t2i).multinomial(1, false).squeeze_dim(1),
