@@ -53,6 +53,22 @@ pub struct VisionConfig {
     /// LayerNorm epsilon (1e-6 in ALBEF's ViT).
     #[serde(default = "default_vit_eps")]
     pub layer_norm_eps: f64,
+    /// Initial position embedding when training from scratch (it is learned either way).
+    #[serde(default)]
+    pub pos_embed_init: PosEmbedInit,
+}
+
+/// How `visual_encoder.pos_embed` starts before training.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PosEmbedInit {
+    /// normal(0, 0.02), as timm/DeiT (the official model then loads DeiT's learned one).
+    #[default]
+    Normal,
+    /// Fixed 2-D sine-cosine features of the patch row and column (MAE, MoCo v3), CLS zero:
+    /// a from-scratch ViT knows where each patch is from the first step instead of learning
+    /// it. Needs a width divisible by 4.
+    Sincos,
 }
 
 /// The BERT text encoder; layers from `fusion_layer` on add cross-attention to the image.
@@ -134,7 +150,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// bf16 autocast of the matmuls on CUDA (similarities, softmaxes and norms stay fp32).
+    /// bf16 autocast of the matmuls (similarities, softmaxes and norms stay fp32): on CUDA, and
+    /// on CPUs with bf16 instructions (avx512_bf16, amx_bf16), where oneDNN runs them several
+    /// times faster than fp32; on other CPUs it is slower.
     #[serde(default)]
     pub amp: bool,
     /// Intra-op CPU threads (0: libtorch's default).
@@ -219,6 +237,12 @@ impl Config {
                 "model.vision.image_res {} is not a multiple of patch_size {}",
                 v.image_res,
                 v.patch_size
+            );
+        }
+        if v.pos_embed_init == PosEmbedInit::Sincos && v.width % 4 != 0 {
+            bail!(
+                "model.vision.pos_embed_init = \"sincos\" needs a width divisible by 4, got {}",
+                v.width
             );
         }
         if v.width % v.heads != 0 {

@@ -2,7 +2,7 @@
 //! scripts/make-model-fixtures.py: BERT text mode vs Hugging Face `BertModel` (MiniLM-L6
 //! weights from assets/), the ViT vs timm's `VisionTransformer`, and the three losses vs a
 //! PyTorch re-implementation of the official forward. Also the checkpoint layout round trip.
-use albef_train::config::{Config, TextConfig, VisionConfig};
+use albef_train::config::{Config, PosEmbedInit, TextConfig, VisionConfig};
 use albef_train::model::bert::{BertModel, Mode};
 use albef_train::model::vit::VisionTransformer;
 use albef_train::model::{probe, weights, Precision};
@@ -97,6 +97,7 @@ fn vit_config(image_res: i64) -> VisionConfig {
         heads: 2,
         mlp_ratio: 4.0,
         layer_norm_eps: 1e-6,
+        pos_embed_init: PosEmbedInit::Normal,
     }
 }
 

@@ -19,6 +19,17 @@ impl Precision {
         Precision(amp.then_some(Kind::BFloat16))
     }
 
+    /// Whether this CPU has bf16 dot-product instructions (`avx512_bf16` or `amx_bf16` in
+    /// /proc/cpuinfo), with which bf16 matmuls beat fp32 ones.
+    pub fn cpu_has_bf16() -> bool {
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+            info.lines().filter(|l| l.starts_with("flags")).any(|l| {
+                l.split_whitespace()
+                    .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+            })
+        })
+    }
+
     fn cast(self, t: &Tensor) -> Tensor {
         match self.0 {
             Some(kind) => t.to_kind(kind),

@@ -29,7 +29,13 @@ pub fn build(
 ) -> Result<(nn::VarStore, Albef)> {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(device);
-    let precision = Precision::new(config.train.amp && device.is_cuda());
+    if config.train.amp && device == Device::Cpu && !Precision::cpu_has_bf16() {
+        tracing::warn!(
+            "train.amp asks for bf16 matmuls, but this CPU has no bf16 instructions \
+             (avx512_bf16 or amx_bf16): they will be slower than fp32"
+        );
+    }
+    let precision = Precision::new(config.train.amp);
     let model = Albef::new(&vs, &config.model, precision)?;
     if let Some(path) = weights {
         let report = weights::load(&vs, path)?;

@@ -4,7 +4,7 @@
 //! Reference: salesforce/ALBEF models/vit.py (`VisionTransformer`, `Block`, `Attention`,
 //! `interpolate_pos_embed`); no dropout and no drop-path, as in pretraining.
 use super::layers::{attention, gelu, linear, split_heads, LayerNorm, Linear, Precision, INIT_STD};
-use crate::config::VisionConfig;
+use crate::config::{PosEmbedInit, VisionConfig};
 use tch::{nn, Tensor};
 
 /// `PatchEmbed`: a strided convolution from pixels to patch tokens.
@@ -144,7 +144,10 @@ impl VisionTransformer {
         VisionTransformer {
             patch_embed: PatchEmbed::new(&(p / "patch_embed"), cfg, precision),
             cls_token: p.var("cls_token", &[1, 1, cfg.width], init),
-            pos_embed: p.var("pos_embed", &[1, grid * grid + 1, cfg.width], init),
+            pos_embed: match cfg.pos_embed_init {
+                PosEmbedInit::Normal => p.var("pos_embed", &[1, grid * grid + 1, cfg.width], init),
+                PosEmbedInit::Sincos => p.var_copy("pos_embed", &sincos_pos_embed(grid, cfg.width)),
+            },
             blocks: (0..cfg.depth)
                 .map(|i| Block::new(&(p / "blocks" / i), cfg, precision))
                 .collect(),
@@ -163,6 +166,31 @@ impl VisionTransformer {
         }
         self.norm.forward(&x)
     }
+}
+
+/// The 2-D sine-cosine position embedding [1, 1 + grid*grid, width] (MAE's
+/// `get_2d_sincos_pos_embed` with a zero CLS row): the first half of the channels encodes the
+/// patch's column, the second half its row, each as `sin(pos * w_i)` then `cos(pos * w_i)` for
+/// `w_i = 10000^(-i / (width / 4))`.
+pub fn sincos_pos_embed(grid: i64, width: i64) -> Tensor {
+    let quarter = (width / 4) as usize;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 10000f64.powf(-(i as f64) / quarter as f64))
+        .collect();
+    let mut out = vec![0f32; ((grid * grid + 1) * width) as usize];
+    for row in 0..grid {
+        for col in 0..grid {
+            let token = (1 + row * grid + col) as usize * width as usize;
+            for (half, pos) in [(0, col), (1, row)] {
+                let base = token + half * 2 * quarter;
+                for (i, w) in omega.iter().enumerate() {
+                    out[base + i] = (pos as f64 * w).sin() as f32;
+                    out[base + quarter + i] = (pos as f64 * w).cos() as f32;
+                }
+            }
+        }
+    }
+    Tensor::from_slice(&out).view([1, grid * grid + 1, width])
 }
 
 /// Resizes a position embedding [1, 1 + g*g, C] to [1, 1 + n*n, C]: the CLS entry is kept,
@@ -191,4 +219,39 @@ pub fn interpolate_pos_embed(pos_embed: &Tensor, new_grid: i64) -> anyhow::Resul
         .reshape([1, new_grid * new_grid, width])
         .to_kind(pos_embed.kind());
     Ok(Tensor::cat(&[extra, resized], 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sincos_pos_embed_encodes_column_and_row() {
+        let (grid, width) = (3, 8);
+        let pe = sincos_pos_embed(grid, width);
+        assert_eq!(pe.size(), [1, 10, 8]);
+        let row = |token: i64| -> Vec<f64> {
+            (0..width)
+                .map(|c| pe.double_value(&[0, token, c]))
+                .collect()
+        };
+        // CLS: zeros. Patch (row 0, col 0): sin 0 = 0 and cos 0 = 1 in both halves.
+        assert!(row(0).iter().all(|&v| v == 0.0));
+        assert_eq!(row(1), vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+        // Patch (row 2, col 1) = token 1 + 2 * 3 + 1: column 1 in the first half, row 2 in the
+        // second, frequencies 1 and 1/100.
+        let want = [
+            1f64.sin(),
+            0.01f64.sin(),
+            1f64.cos(),
+            0.01f64.cos(),
+            2f64.sin(),
+            0.02f64.sin(),
+            2f64.cos(),
+            0.02f64.cos(),
+        ];
+        for (got, want) in row(8).iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
 }
