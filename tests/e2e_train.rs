@@ -7,6 +7,7 @@
 //! recall figures of the final checkpoint.
 use albef_registry::{Registry, RunStatus};
 use albef_train::checkpoint::hash_file;
+use albef_train::model::weights;
 use albef_train::synth::generate::{generate, write_url_lists, GenerateOptions};
 use albef_train::synth::serve::serve;
 use serde_json::Value;
@@ -72,14 +73,11 @@ fn history(reg: &Registry, rt: &tokio::runtime::Runtime, run: i64, key: &str) ->
     points.into_iter().map(|p| (p.step, p.value)).collect()
 }
 
-#[test]
-fn ingest_train_interrupt_resume_evaluate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let corpus = tmp.path().join("corpus");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-
-    // The corpus, served over HTTP and ingested like web data.
+/// The synthetic corpus generated under `tmp`, served over HTTP and ingested like web data as
+/// datasets `shapes` (500 pairs) and `shapes-heldout` (100), with the registry in `tmp/home`.
+fn ingested_corpus(tmp: &Path, rt: &tokio::runtime::Runtime) -> (PathBuf, Registry) {
+    let home = tmp.join("home");
+    let corpus = tmp.join("corpus");
     let opts = GenerateOptions {
         n: 500,
         heldout: 100,
@@ -93,7 +91,7 @@ fn ingest_train_interrupt_resume_evaluate() {
         .unwrap();
     write_url_lists(&corpus, &server.base_url()).unwrap();
     for (list, dataset) in [("urls.tsv", "shapes"), ("heldout.tsv", "shapes-heldout")] {
-        let out = tmp.path().join("data").join(dataset);
+        let out = tmp.join("data").join(dataset);
         let ingest = albef(&home)
             .args(["ingest", "--input"])
             .arg(corpus.join(list))
@@ -122,6 +120,14 @@ fn ingest_train_interrupt_resume_evaluate() {
             home.join("registry.db").display()
         )))
         .unwrap();
+    (home, reg)
+}
+
+#[test]
+fn ingest_train_interrupt_resume_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (home, reg) = ingested_corpus(tmp.path(), &rt);
 
     // Uninterrupted, with held-out evaluation every 20 steps.
     let full = json_line(
@@ -289,4 +295,84 @@ fn ingest_train_interrupt_resume_evaluate() {
     }
     assert!(recall["r1_t2i"].as_f64() <= recall["r5_t2i"].as_f64());
     assert!(recall["r5_t2i"].as_f64() <= recall["r10_t2i"].as_f64());
+}
+
+#[test]
+fn a_new_run_starts_its_text_encoder_from_bert_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (home, _reg) = ingested_corpus(tmp.path(), &rt);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let minilm = root.join("assets/model.safetensors");
+    // albef-tiny with MiniLM-L6-H384's text shapes (its first 4 layers), starting from it.
+    let tiny = std::fs::read_to_string(root.join("configs/albef-tiny.toml")).unwrap();
+    let with_init = |minilm_shapes: bool| {
+        let mut text = false;
+        let mut out = String::new();
+        for line in tiny.lines() {
+            text = match line {
+                l if l.starts_with("[model.text]") => true,
+                l if l.starts_with('[') => false,
+                _ => text,
+            };
+            let line = match line.split_whitespace().next() {
+                Some("hidden_size") if text && minilm_shapes => "hidden_size = 384".to_string(),
+                Some("heads") if text && minilm_shapes => "heads = 12".to_string(),
+                Some("intermediate_size") if text && minilm_shapes => {
+                    "intermediate_size = 1536".to_string()
+                }
+                Some("mask_token_id") => {
+                    format!("{line}\ninit = {:?}", minilm.display().to_string())
+                }
+                _ => line.to_string(),
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    };
+    let config = tmp.path().join("tiny-minilm.toml");
+    std::fs::write(&config, with_init(true)).unwrap();
+    let run = |config: &Path| {
+        albef(&home)
+            .args(["train", "--config"])
+            .arg(config)
+            .args(["--dataset", "shapes", "--steps", "2", "--batch-size", BATCH])
+            .args(["--experiment", "init", "--format", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let done: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // After two small steps the word embeddings are still MiniLM's (random ones would differ
+    // by about 0.05 on average).
+    let read = |path: &Path, key: &str| {
+        weights::read(path)
+            .unwrap()
+            .remove(key)
+            .unwrap_or_else(|| panic!("{} has no {key}", path.display()))
+    };
+    let trained = read(
+        Path::new(done["checkpoint_path"].as_str().unwrap()),
+        "text_encoder.bert.embeddings.word_embeddings.weight",
+    );
+    let start = read(&minilm, "embeddings.word_embeddings.weight");
+    let diff = (&trained - &start)
+        .abs()
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    assert!(diff < 0.005, "mean difference from MiniLM {diff}");
+
+    // Shapes that do not fit (albef-tiny's hidden 192) are refused, naming the setting.
+    std::fs::write(&config, with_init(false)).unwrap();
+    let bad = run(&config);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("model.text.init"), "{err}");
 }

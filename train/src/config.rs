@@ -110,6 +110,13 @@ pub struct TextConfig {
     /// Token id of [MASK].
     #[serde(default = "default_mask")]
     pub mask_token_id: i64,
+    /// A Hugging Face BERT checkpoint (safetensors) that a new run's text encoder starts from,
+    /// as the official code starts from bert-base-uncased; `make setup` unpacks MiniLM-L6-H384
+    /// to `assets/model.safetensors` (hidden 384, 12 heads, intermediate 1536, up to 6
+    /// layers; layers past `num_layers` are left out). Cross-attention starts random. A
+    /// relative path is taken from the working folder; a resumed run loads its checkpoint.
+    #[serde(default)]
+    pub init: Option<String>,
 }
 
 /// The training recipe (AdamW + warm-up + cosine, augmentation, alpha ramp).

@@ -159,7 +159,7 @@ fn a_row_sure_of_its_positive_still_draws_a_negative() {
     let bs = 6;
     // Row 2's off-diagonal softmax terms underflow to exactly 0 (logit gap 200), as they do
     // late in training at a low temperature; the other rows are ordinary.
-    let mut sim = Tensor::randn([bs, bs + 4], (Kind::Float, Device::Cpu));
+    let sim = Tensor::randn([bs, bs + 4], (Kind::Float, Device::Cpu));
     let _ = sim.get(2).get(2).fill_(200.0);
     let eye = Tensor::eye(bs, (Kind::Bool, Device::Cpu));
     let mut drawn_for_row_2 = std::collections::HashSet::new();

@@ -36,6 +36,7 @@ fn minilm(fusion_layer: i64) -> TextConfig {
         pad_token_id: 0,
         cls_token_id: 101,
         mask_token_id: 103,
+        init: None,
     }
 }
 

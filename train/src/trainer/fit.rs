@@ -15,7 +15,7 @@ use crate::config::{check_queue, Config};
 use crate::data::rng::derive_seed;
 use crate::data::{self, Epoch, Loader, LoaderConfig};
 use crate::eval;
-use crate::model::{self, probe};
+use crate::model::{self, probe, weights};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -213,6 +213,15 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
             state
         }
         None => {
+            if let Some(path) = &config.model.text.init {
+                let report = weights::init_text_from_hf_bert(&vs, Path::new(path))
+                    .with_context(|| format!("model.text.init {path}"))?;
+                if report.loaded == 0 || !report.mismatched.is_empty() {
+                    bail!("model.text.init does not fit model.text: {report}");
+                }
+                tracing::info!("text encoder initialised from {report}");
+                model.copy_params();
+            }
             let total_steps = job.steps.filter(|&s| s > 0).unwrap_or(if t.max_steps > 0 {
                 t.max_steps
             } else {
