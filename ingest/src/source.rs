@@ -723,19 +723,27 @@ impl JsonLines {
     }
 }
 
-/// The first line of a JSONL batch polars cannot read as an object of `schema`, and why.
-fn bad_json_line(buf: &[u8], numbers: &[usize], schema: &Schema, file: &Path) -> anyhow::Error {
+/// The first line of a JSONL batch polars cannot read as an object of `schema`, and why
+/// (`err`, what polars said of the whole batch, where no single line fails).
+fn bad_json_line(
+    buf: &[u8],
+    numbers: &[usize],
+    schema: &Schema,
+    file: &Path,
+    err: polars::prelude::PolarsError,
+) -> anyhow::Error {
     for (line, n) in buf.split(|&b| b == b'\n').zip(numbers) {
         if let Err(e) = parse_ndjson(line, Some(1), schema, false) {
             return anyhow::Error::new(e)
                 .context(format!("{} line {n}: not a JSON object", file.display()));
         }
     }
-    anyhow::anyhow!(
-        "{}: cannot read lines {:?}",
+    anyhow::Error::new(err).context(format!(
+        "{}: cannot read lines {}-{}",
         file.display(),
-        numbers.first()
-    )
+        numbers.first().unwrap_or(&0),
+        numbers.last().unwrap_or(&0)
+    ))
 }
 
 fn jsonl(file: &Path, spec: &InputSpec, batching: Batching) -> Result<Frames> {
@@ -787,7 +795,7 @@ fn jsonl(file: &Path, spec: &InputSpec, batching: Batching) -> Result<Frames> {
         }
         let frame = match parse_ndjson(&buf, Some(numbers.len()), &schema, false) {
             Ok(df) => columns.frame(&df),
-            Err(_) => Err(bad_json_line(&buf, &numbers, &schema, &file)),
+            Err(e) => Err(bad_json_line(&buf, &numbers, &schema, &file, e)),
         };
         failed = frame.is_err();
         Some(frame)
