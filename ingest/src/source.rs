@@ -1,12 +1,27 @@
 //! The reader stage: URL lists in the formats the public datasets ship (CC3M/CC12M TSV without a
 //! header, CSV, LAION Parquet, SBU JSON, JSONL; gzip'd too) from a file, a folder or a glob,
-//! streamed row by row so that memory does not grow with the length of the list.
+//! read with polars in batches so that memory does not grow with the length of the list.
+//!
+//! Text lists (TSV, CSV, JSONL; gzip'd or not) are read through a streaming decoder and cut into
+//! batches of whole records (at most [`BATCH_ROWS`] records, or the first record boundary past
+//! [`BATCH_BYTES`] bytes), each parsed by polars. Parquet is read by polars in slices of at most
+//! [`BATCH_ROWS`] rows of one row group (only the columns used). A JSON document (an array of
+//! objects, or SBU's object of arrays) cannot be cut and is read whole, as before.
 use anyhow::{bail, Context, Result};
-use arrow_array::{Array, RecordBatch};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use polars::prelude::{
+    parse_ndjson, Column, CsvParseOptions, CsvReadOptions, DataFrame, DataType, Field, IntoColumn,
+    JsonFormat, JsonReader, ParallelStrategy, ParquetReader, PlSmallStr, Schema, SerReader,
+};
+use polars::prelude::{NewChunkedArray, StringChunked};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The most rows a batch (of a text list, or of a Parquet row group) holds.
+pub const BATCH_ROWS: usize = 50_000;
+/// A batch of a text list ends at the first record boundary past this many bytes.
+pub const BATCH_BYTES: usize = 32 << 20;
 
 /// One input row: the URL, the caption as given, and the kept columns (as text).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -106,7 +121,12 @@ fn open_text(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     })
 }
 
+/// The names a URL column and a caption column go by when not given.
+const URL_NAMES: [&str; 4] = ["url", "URL", "image_url", "image_urls"];
+const CAPTION_NAMES: [&str; 4] = ["caption", "TEXT", "text", "captions"];
+
 /// Which position in a record holds the URL, the caption and each kept column.
+#[derive(Clone, Debug)]
 struct Layout {
     url: usize,
     caption: Option<usize>,
@@ -128,16 +148,14 @@ impl Layout {
                 None => Ok(defaults.iter().find_map(|d| pos(d))),
             }
         };
-        let url = pick(&spec.url_col, &["url", "URL", "image_url", "image_urls"])?.with_context(
-            || {
-                format!(
+        let url = pick(&spec.url_col, &URL_NAMES)?.with_context(|| {
+            format!(
                 "{}: no URL column (looked for url, URL; columns: {}); use --url-col or --columns",
                 file.display(),
                 names.join(", ")
             )
-            },
-        )?;
-        let caption = pick(&spec.caption_col, &["caption", "TEXT", "text", "captions"])?;
+        })?;
+        let caption = pick(&spec.caption_col, &CAPTION_NAMES)?;
         let keep = spec
             .keep_cols
             .iter()
@@ -154,34 +172,162 @@ impl Layout {
         Ok(Layout { url, caption, keep })
     }
 
-    fn row(&self, get: impl Fn(usize) -> Option<String>) -> InputRow {
-        InputRow {
-            url: get(self.url).unwrap_or_default(),
-            caption: self.caption.and_then(&get),
-            extra: self.keep.iter().map(|&i| get(i)).collect(),
+    /// The positions read, each once, in increasing order.
+    fn used(&self) -> Vec<usize> {
+        let mut used: Vec<usize> = std::iter::once(self.url)
+            .chain(self.caption)
+            .chain(self.keep.iter().copied())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        used
+    }
+}
+
+/// How many rows (and, for text lists, bytes) a batch holds at most.
+#[derive(Clone, Copy, Debug)]
+struct Batching {
+    rows: usize,
+    bytes: usize,
+}
+
+const BATCHING: Batching = Batching {
+    rows: BATCH_ROWS,
+    bytes: BATCH_BYTES,
+};
+
+/// A record of a text list longer than this is refused (an unbalanced quote, most likely).
+const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// One batch of a list as polars columns of `height` rows: for the URL and the caption, the
+/// columns the value is taken from (the first that is not null), and the kept columns.
+struct Frame {
+    height: usize,
+    url: Vec<Column>,
+    caption: Vec<Column>,
+    keep: Vec<Column>,
+}
+
+type Frames = Box<dyn Iterator<Item = Result<Frame>> + Send>;
+
+impl Frame {
+    /// The frame of `df` read with `layout`, `col(i)` being the column at position `i`.
+    fn new(
+        df: &DataFrame,
+        layout: &Layout,
+        col: impl Fn(usize) -> Result<Column>,
+    ) -> Result<Frame> {
+        Ok(Frame {
+            height: df.height(),
+            url: vec![col(layout.url)?],
+            caption: layout.caption.map(&col).transpose()?.into_iter().collect(),
+            keep: layout.keep.iter().map(|&i| col(i)).collect::<Result<_>>()?,
+        })
+    }
+
+    fn rows(&self) -> Result<Vec<InputRow>> {
+        let url = coalesce(&self.url, self.height)?;
+        let caption = coalesce(&self.caption, self.height)?;
+        let mut keep = self
+            .keep
+            .iter()
+            .map(|c| texts(c, self.height).map(Vec::into_iter))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(url
+            .into_iter()
+            .zip(caption)
+            .map(|(url, caption)| InputRow {
+                url: url.unwrap_or_default(),
+                caption,
+                extra: keep.iter_mut().map(|k| k.next().flatten()).collect(),
+            })
+            .collect())
+    }
+}
+
+/// The values of the first of `cols` that is not null, row by row.
+fn coalesce(cols: &[Column], height: usize) -> Result<Vec<Option<String>>> {
+    let mut cols = cols.iter();
+    let Some(first) = cols.next() else {
+        return Ok(vec![None; height]);
+    };
+    let mut out = texts(first, height)?;
+    for col in cols {
+        if out.iter().all(Option::is_some) {
+            break;
+        }
+        for (o, v) in out.iter_mut().zip(texts(col, height)?) {
+            if o.is_none() {
+                *o = v;
+            }
         }
     }
+    Ok(out)
+}
+
+/// A column's values as text (any type: strings as they are, numbers as Rust writes them,
+/// other types as polars casts or prints them), padded with nulls to `height` rows.
+fn texts(col: &Column, height: usize) -> Result<Vec<Option<String>>> {
+    let own = |v: Option<&str>| v.map(str::to_string);
+    let mut out: Vec<Option<String>> = match col.dtype() {
+        DataType::String => col.str()?.iter().map(own).collect(),
+        DataType::Float64 => col
+            .f64()?
+            .iter()
+            .map(|v| v.map(|x| x.to_string()))
+            .collect(),
+        DataType::Float32 => col
+            .f32()?
+            .iter()
+            .map(|v| v.map(|x| x.to_string()))
+            .collect(),
+        DataType::Null => vec![None; col.len()],
+        _ => match col.cast(&DataType::String) {
+            Ok(s) => s.str()?.iter().map(own).collect(),
+            Err(_) => (0..col.len())
+                .map(|i| Ok(col.get(i)?).map(|v| (!v.is_null()).then(|| v.to_string())))
+                .collect::<Result<_>>()?,
+        },
+    };
+    out.resize(height, None);
+    Ok(out)
 }
 
 /// Streams the rows of every list file named by the spec, in order.
 pub fn read_rows(spec: &InputSpec) -> Result<impl Iterator<Item = Result<InputRow>>> {
+    read_rows_in(spec, BATCHING)
+}
+
+fn read_rows_in(
+    spec: &InputSpec,
+    batching: Batching,
+) -> Result<impl Iterator<Item = Result<InputRow>>> {
     let files = list_files(&spec.input)?;
     let spec = spec.clone();
     let mut files = files.into_iter();
-    let mut current: Option<Box<dyn Iterator<Item = Result<InputRow>> + Send>> = None;
+    let mut frames: Option<Frames> = None;
+    let mut rows = Vec::new().into_iter();
     Ok(std::iter::from_fn(move || loop {
-        if let Some(it) = current.as_mut() {
-            if let Some(row) = it.next() {
-                return Some(row);
+        if let Some(row) = rows.next() {
+            return Some(Ok(row));
+        }
+        if let Some(it) = frames.as_mut() {
+            match it.next().map(|f| f.and_then(|f| f.rows())) {
+                Some(Ok(batch)) => {
+                    rows = batch.into_iter();
+                    continue;
+                }
+                Some(Err(e)) => {
+                    frames = None;
+                    return Some(Err(e));
+                }
+                None => frames = None,
             }
         }
         let file = files.next()?;
-        match open_file(&file, &spec) {
-            Ok(it) => current = Some(it),
-            Err(e) => {
-                current = None;
-                return Some(Err(e));
-            }
+        match open_file(&file, &spec, batching) {
+            Ok(it) => frames = Some(it),
+            Err(e) => return Some(Err(e)),
         }
     }))
 }
@@ -194,194 +340,597 @@ pub fn count_rows(spec: &InputSpec) -> Result<u64> {
             Some(InputFormat::Parquet) => {
                 let f =
                     File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
-                let b = ParquetRecordBatchReaderBuilder::try_new(f)
-                    .with_context(|| format!("{} is not a Parquet file", file.display()))?;
-                b.metadata().file_metadata().num_rows() as u64
+                ParquetReader::new(f)
+                    .num_rows()
+                    .with_context(|| format!("{} is not a Parquet file", file.display()))?
+                    as u64
             }
-            _ => open_file(&file, spec)?.try_fold(0u64, |n, r| r.map(|_| n + 1))?,
+            _ => open_file(&file, spec, BATCHING)?
+                .try_fold(0u64, |n, f| f.map(|f| n + f.height as u64))?,
         };
     }
     Ok(n)
 }
 
-type Rows = Box<dyn Iterator<Item = Result<InputRow>> + Send>;
-
-fn open_file(file: &Path, spec: &InputSpec) -> Result<Rows> {
+fn open_file(file: &Path, spec: &InputSpec, batching: Batching) -> Result<Frames> {
     let format = InputFormat::from_path(file)
         .with_context(|| format!("cannot tell the format of {}", file.display()))?;
     match format {
-        InputFormat::Tsv | InputFormat::Csv => delimited(file, spec, format == InputFormat::Tsv),
-        InputFormat::Jsonl => jsonl(file, spec),
-        InputFormat::Json => json_array(file, spec),
-        InputFormat::Parquet => parquet_rows(file, spec),
+        InputFormat::Tsv | InputFormat::Csv => {
+            delimited(file, spec, format == InputFormat::Tsv, batching)
+        }
+        InputFormat::Jsonl => jsonl(file, spec, batching),
+        InputFormat::Json => json_document(file, spec),
+        InputFormat::Parquet => parquet_frames(file, spec, batching),
     }
 }
 
-fn delimited(file: &Path, spec: &InputSpec, tab: bool) -> Result<Rows> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(if tab { b'\t' } else { b',' })
-        .has_headers(spec.columns.is_none())
-        .flexible(true)
-        .quoting(!tab)
-        .from_reader(open_text(file)?);
+/// Cuts a text list into batches of whole records, as the csv crate reads them: a record ends
+/// at a line break (LF, CRLF or a lone CR) outside a quoted field, blank lines are skipped, and
+/// a quote opens a quoted field only at the start of a field (`""` inside one is a quote).
+/// Line breaks are handed on as LF. `quoting` is off for TSV.
+struct Records {
+    src: Box<dyn BufRead + Send>,
+    sep: u8,
+    quoting: bool,
+    line: Vec<u8>,
+    /// Physical lines read so far.
+    lineno: usize,
+    /// The line the current record started on.
+    record_line: usize,
+    eof: bool,
+    started: bool,
+    in_quotes: bool,
+    quote_closed: bool,
+    field_start: bool,
+    /// Bytes of the current record handed on so far (0 between records).
+    record_len: usize,
+    /// Fields of the current record so far.
+    fields: u32,
+}
+
+impl Records {
+    fn new(src: Box<dyn BufRead + Send>, sep: u8, quoting: bool) -> Records {
+        Records {
+            src,
+            sep,
+            quoting,
+            line: Vec::new(),
+            lineno: 0,
+            record_line: 1,
+            eof: false,
+            started: false,
+            in_quotes: false,
+            quote_closed: false,
+            field_start: true,
+            record_len: 0,
+            fields: 1,
+        }
+    }
+
+    /// Appends whole records to `buf` until it holds `rows` records or `bytes` bytes, or the
+    /// input ends, and the number of fields of each to `fields`; returns how many records were
+    /// appended.
+    fn fill(
+        &mut self,
+        buf: &mut Vec<u8>,
+        fields: &mut Vec<u32>,
+        rows: usize,
+        bytes: usize,
+    ) -> Result<usize> {
+        let mut n = 0;
+        while !self.eof && ((n < rows && buf.len() < bytes) || self.record_len > 0) {
+            self.line.clear();
+            if self.src.read_until(b'\n', &mut self.line)? == 0 {
+                self.eof = true;
+                if self.record_len > 0 {
+                    // The last record had no line break (or an unclosed quote): end it here.
+                    buf.push(b'\n');
+                    n += 1;
+                    fields.push(self.fields);
+                    self.record_len = 0;
+                    self.fields = 1;
+                }
+                break;
+            }
+            self.lineno += 1;
+            let mut line = &self.line[..];
+            if !self.started {
+                self.started = true;
+                line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+            }
+            if self.record_len == 0 {
+                self.record_line = self.lineno;
+            }
+            let plain = self.record_len == 0
+                && !line.contains(&b'\r')
+                && !(self.quoting && line.contains(&b'"'));
+            if plain {
+                // A whole record on one line, no quotes to follow: hand it on as it is.
+                if line == b"\n" || line.is_empty() {
+                    continue;
+                }
+                buf.extend_from_slice(line);
+                if !line.ends_with(b"\n") {
+                    buf.push(b'\n');
+                }
+                n += 1;
+                fields.push(1 + line.iter().filter(|&&b| b == self.sep).count() as u32);
+                continue;
+            }
+            for &b in line {
+                if self.in_quotes {
+                    if b == b'"' {
+                        self.in_quotes = false;
+                        self.quote_closed = true;
+                    }
+                } else if self.quote_closed && b == b'"' {
+                    // `""` inside a quoted field.
+                    self.in_quotes = true;
+                    self.quote_closed = false;
+                } else {
+                    self.quote_closed = false;
+                    if b == b'\n' || b == b'\r' {
+                        if self.record_len > 0 {
+                            buf.push(b'\n');
+                            n += 1;
+                            fields.push(self.fields);
+                        }
+                        self.record_len = 0;
+                        self.fields = 1;
+                        self.field_start = true;
+                        self.record_line = self.lineno + usize::from(b == b'\n');
+                        continue;
+                    }
+                    if self.quoting && b == b'"' && self.field_start {
+                        self.in_quotes = true;
+                    }
+                    self.field_start = b == self.sep;
+                    self.fields += u32::from(self.field_start);
+                }
+                buf.push(b);
+                self.record_len += 1;
+            }
+            if self.record_len > MAX_RECORD_BYTES {
+                bail!(
+                    "the record starting on line {} is longer than {} MiB (an unclosed quote?)",
+                    self.record_line,
+                    MAX_RECORD_BYTES >> 20
+                );
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The name polars gives the column at position `i` of a delimited batch.
+fn position_name(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// The column at position `i` of a delimited batch, null in the records that have no field
+/// there (polars reads a missing field as an empty one; the field is `None` as in the csv crate).
+fn short_as_null(df: &DataFrame, i: usize, fields: &[u32]) -> Result<Column> {
+    let col = df.column(&position_name(i))?;
+    if fields.iter().all(|&f| f as usize > i) {
+        return Ok(col.clone());
+    }
+    let values = col
+        .str()?
+        .iter()
+        .zip(fields)
+        .map(|(v, &f)| v.filter(|_| f as usize > i));
+    Ok(StringChunked::from_iter_options(col.name().clone(), values).into_column())
+}
+
+/// Parses whole records of a TSV/CSV with polars: `width` text columns (shorter records are
+/// padded with nulls, longer ones cut), of which `projection` are read.
+fn parse_delimited(
+    bytes: Vec<u8>,
+    width: usize,
+    sep: u8,
+    quoting: bool,
+    projection: Option<Vec<usize>>,
+) -> polars::prelude::PolarsResult<DataFrame> {
+    let schema: Schema = (0..width)
+        .map(|i| Field::new(PlSmallStr::from(position_name(i)), DataType::String))
+        .collect();
+    CsvReadOptions::default()
+        .with_has_header(false)
+        .with_schema(Some(Arc::new(schema)))
+        .with_projection(projection.map(Arc::new))
+        .with_raise_if_empty(false)
+        .with_parse_options(
+            CsvParseOptions::default()
+                .with_separator(sep)
+                .with_quote_char(quoting.then_some(b'"'))
+                .with_missing_is_null(false)
+                .with_truncate_ragged_lines(true),
+        )
+        .into_reader_with_file_handle(Cursor::new(bytes))
+        .finish()
+}
+
+/// The number of fields of each record in a delimited batch (for the header).
+fn header_names(
+    bytes: Vec<u8>,
+    sep: u8,
+    quoting: bool,
+) -> polars::prelude::PolarsResult<Vec<String>> {
+    let df = CsvReadOptions::default()
+        .with_has_header(false)
+        .with_infer_schema_length(Some(0))
+        .with_raise_if_empty(false)
+        .with_parse_options(
+            CsvParseOptions::default()
+                .with_separator(sep)
+                .with_quote_char(quoting.then_some(b'"'))
+                .with_missing_is_null(false),
+        )
+        .into_reader_with_file_handle(Cursor::new(bytes))
+        .finish()?;
+    Ok(df
+        .columns()
+        .iter()
+        .map(|c| {
+            c.str()
+                .ok()
+                .and_then(|s| s.get(0))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect())
+}
+
+fn delimited(file: &Path, spec: &InputSpec, tab: bool, batching: Batching) -> Result<Frames> {
+    let sep = if tab { b'\t' } else { b',' };
+    let quoting = !tab;
+    let mut records = Records::new(open_text(file)?, sep, quoting);
     let names: Vec<String> = match &spec.columns {
         Some(cols) => cols.clone(),
-        None => reader
-            .headers()
-            .with_context(|| format!("cannot read the header of {}", file.display()))?
-            .iter()
-            .map(|h| h.trim().to_string())
-            .collect(),
+        None => {
+            let mut head = Vec::new();
+            records
+                .fill(&mut head, &mut Vec::new(), 1, usize::MAX)
+                .with_context(|| format!("cannot read the header of {}", file.display()))?;
+            if head.is_empty() {
+                Vec::new()
+            } else {
+                header_names(head, sep, quoting)
+                    .with_context(|| format!("cannot read the header of {}", file.display()))?
+            }
+        }
     };
     let layout = Layout::find(&names, spec, file)?;
-    let name = file.display().to_string();
-    Ok(Box::new(reader.into_records().map(move |rec| {
-        let rec = rec.with_context(|| format!("bad record in {name}"))?;
-        Ok(layout.row(|i| rec.get(i).map(str::to_string)))
+    let projection = layout.used();
+    let width = names.len();
+    let file = file.to_path_buf();
+    let mut failed = false;
+    Ok(Box::new(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let (mut buf, mut fields) = (Vec::new(), Vec::new());
+        let first = records.lineno + 1;
+        let frame = match records.fill(&mut buf, &mut fields, batching.rows, batching.bytes) {
+            Ok(0) => return None,
+            Ok(_) => parse_delimited(buf, width, sep, quoting, Some(projection.clone()))
+                .map_err(anyhow::Error::new)
+                .and_then(|df| {
+                    if df.height() != fields.len() {
+                        bail!(
+                            "polars read {} rows, expected {}",
+                            df.height(),
+                            fields.len()
+                        );
+                    }
+                    Frame::new(&df, &layout, |i| short_as_null(&df, i, &fields))
+                })
+                .with_context(|| {
+                    format!(
+                        "{}: cannot parse lines {first}-{}",
+                        file.display(),
+                        records.lineno
+                    )
+                }),
+            Err(e) => Err(e.context(format!("cannot read {}", file.display()))),
+        };
+        failed = frame.is_err();
+        Some(frame)
     })))
 }
 
-fn json_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+/// The columns a JSON list is read from: the URL and caption columns (given, or all the names
+/// they go by, taken row by row in that order) and the kept ones.
+struct JsonColumns {
+    url: Vec<String>,
+    caption: Vec<String>,
+    keep: Vec<String>,
+}
+
+impl JsonColumns {
+    fn new(names: &[String], spec: &InputSpec, file: &Path) -> Result<JsonColumns> {
+        // Fails as a table would when the first batch has no URL column or a named one is missing.
+        Layout::find(names, spec, file)?;
+        let or_defaults = |given: &Option<String>, defaults: &[&str]| match given {
+            Some(name) => vec![name.clone()],
+            None => defaults.iter().map(|d| d.to_string()).collect(),
+        };
+        Ok(JsonColumns {
+            url: or_defaults(&spec.url_col, &URL_NAMES),
+            caption: or_defaults(&spec.caption_col, &CAPTION_NAMES),
+            keep: spec.keep_cols.clone(),
+        })
+    }
+
+    /// Every column read, once, as text.
+    fn schema(&self) -> Schema {
+        let mut names: Vec<&String> = Vec::new();
+        for n in self.url.iter().chain(&self.caption).chain(&self.keep) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+            .into_iter()
+            .map(|n| Field::new(PlSmallStr::from(n.as_str()), DataType::String))
+            .collect()
+    }
+
+    fn frame(&self, df: &DataFrame) -> Result<Frame> {
+        let cols = |names: &[String]| -> Result<Vec<Column>> {
+            names.iter().map(|n| Ok(df.column(n)?.clone())).collect()
+        };
+        Ok(Frame {
+            height: df.height(),
+            url: cols(&self.url)?,
+            caption: cols(&self.caption)?,
+            keep: cols(&self.keep)?,
+        })
     }
 }
 
-fn object_row(
-    obj: &serde_json::Map<String, serde_json::Value>,
-    spec: &InputSpec,
-    file: &Path,
-) -> Result<InputRow> {
-    let names: Vec<String> = obj.keys().cloned().collect();
-    let layout = Layout::find(&names, spec, file)?;
-    Ok(layout.row(|i| obj.get(&names[i]).and_then(json_text)))
+/// Cuts a JSONL list into batches of non-blank lines, keeping each line's number.
+struct JsonLines {
+    src: Box<dyn BufRead + Send>,
+    line: Vec<u8>,
+    lineno: usize,
 }
 
-fn jsonl(file: &Path, spec: &InputSpec) -> Result<Rows> {
-    let lines = open_text(file)?.lines();
-    let spec = spec.clone();
-    let file = file.to_path_buf();
-    Ok(Box::new(
-        lines
-            .enumerate()
-            .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
-            .map(move |(n, line)| {
-                let line = line.with_context(|| format!("cannot read {}", file.display()))?;
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
-                    .with_context(|| {
-                    format!("{} line {}: not a JSON object", file.display(), n + 1)
-                })?;
-                object_row(&obj, &spec, &file)
-            }),
+impl JsonLines {
+    fn fill(&mut self, buf: &mut Vec<u8>, numbers: &mut Vec<usize>, b: Batching) -> Result<()> {
+        while numbers.len() < b.rows && buf.len() < b.bytes {
+            self.line.clear();
+            if self.src.read_until(b'\n', &mut self.line)? == 0 {
+                break;
+            }
+            self.lineno += 1;
+            let mut line = &self.line[..];
+            if self.lineno == 1 {
+                line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            buf.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                buf.push(b'\n');
+            }
+            numbers.push(self.lineno);
+        }
+        Ok(())
+    }
+}
+
+/// The first line of a JSONL batch polars cannot read as an object of `schema`, and why
+/// (`err`, what polars said of the whole batch, where no single line fails).
+fn bad_json_line(
+    buf: &[u8],
+    numbers: &[usize],
+    schema: &Schema,
+    file: &Path,
+    err: polars::prelude::PolarsError,
+) -> anyhow::Error {
+    for (line, n) in buf.split(|&b| b == b'\n').zip(numbers) {
+        if let Err(e) = parse_ndjson(line, Some(1), schema, false) {
+            return anyhow::Error::new(e)
+                .context(format!("{} line {n}: not a JSON object", file.display()));
+        }
+    }
+    anyhow::Error::new(err).context(format!(
+        "{}: cannot read lines {}-{}",
+        file.display(),
+        numbers.first().unwrap_or(&0),
+        numbers.last().unwrap_or(&0)
     ))
 }
 
-/// A JSON array of objects, or SBU's object of parallel arrays (`image_urls`, `captions`).
-fn json_array(file: &Path, spec: &InputSpec) -> Result<Rows> {
-    let mut text = String::new();
-    open_text(file)?
-        .read_to_string(&mut text)
+fn jsonl(file: &Path, spec: &InputSpec, batching: Batching) -> Result<Frames> {
+    let mut lines = JsonLines {
+        src: open_text(file)?,
+        line: Vec::new(),
+        lineno: 0,
+    };
+    let (mut buf, mut numbers) = (Vec::new(), Vec::new());
+    lines
+        .fill(&mut buf, &mut numbers, batching)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", file.display()))?;
-    let objects: Vec<serde_json::Map<String, serde_json::Value>> = match value {
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                serde_json::Value::Object(o) => Ok(o),
-                _ => bail!("{}: item {i} is not an object", file.display()),
-            })
-            .collect::<Result<_>>()?,
-        serde_json::Value::Object(columns) => {
-            let len = columns
-                .values()
-                .filter_map(|v| v.as_array().map(Vec::len))
-                .max()
-                .unwrap_or(0);
-            (0..len)
-                .map(|i| {
-                    columns
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.get(i).cloned().unwrap_or_default()))
-                        .collect()
-                })
-                .collect()
+    if numbers.is_empty() {
+        return Ok(Box::new(std::iter::empty()));
+    }
+    // The names of the first batch, line by line (values may differ in type from line to line).
+    let mut names: Vec<String> = Vec::new();
+    for (line, n) in buf.split(|&b| b == b'\n').zip(&numbers) {
+        let schema = polars::io::ndjson::infer_schema(&mut Cursor::new(line), None)
+            .with_context(|| format!("{} line {n}: not a JSON object", file.display()))?;
+        for name in schema.iter_names() {
+            if !names.iter().any(|k| k == name.as_str()) {
+                names.push(name.to_string());
+            }
         }
-        _ => bail!(
+    }
+    let columns = JsonColumns::new(&names, spec, file)?;
+    let schema = columns.schema();
+    let file = file.to_path_buf();
+    let mut pending = Some((buf, numbers));
+    let mut failed = false;
+    Ok(Box::new(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let (buf, numbers) = match pending.take() {
+            Some(batch) => batch,
+            None => {
+                let (mut buf, mut numbers) = (Vec::new(), Vec::new());
+                if let Err(e) = lines.fill(&mut buf, &mut numbers, batching) {
+                    failed = true;
+                    return Some(Err(e.context(format!("cannot read {}", file.display()))));
+                }
+                (buf, numbers)
+            }
+        };
+        if numbers.is_empty() {
+            return None;
+        }
+        let frame = match parse_ndjson(&buf, Some(numbers.len()), &schema, false) {
+            Ok(df) => columns.frame(&df),
+            Err(e) => Err(bad_json_line(&buf, &numbers, &schema, &file, e)),
+        };
+        failed = frame.is_err();
+        Some(frame)
+    })))
+}
+
+/// A JSON document, read whole: an array of objects, or SBU's object of parallel arrays
+/// (`image_urls`, `captions`; shorter arrays are padded with nulls).
+fn json_document(file: &Path, spec: &InputSpec) -> Result<Frames> {
+    let mut text = Vec::new();
+    open_text(file)?
+        .read_to_end(&mut text)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let first = text
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(&text)
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied();
+    if !matches!(first, Some(b'[' | b'{')) {
+        bail!(
             "{}: expected an array of objects or an object of arrays",
             file.display()
-        ),
-    };
-    let spec = spec.clone();
-    let file = file.to_path_buf();
-    Ok(Box::new(
-        objects
-            .into_iter()
-            .map(move |o| object_row(&o, &spec, &file)),
-    ))
-}
-
-fn parquet_rows(file: &Path, spec: &InputSpec) -> Result<Rows> {
-    let f = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
-        .with_context(|| format!("{} is not a Parquet file", file.display()))?;
-    let names: Vec<String> = builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let layout = Layout::find(&names, spec, file)?;
-    let reader: ParquetRecordBatchReader = builder
-        .with_batch_size(4096)
-        .build()
-        .with_context(|| format!("cannot read {}", file.display()))?;
-    let name = file.display().to_string();
-    Ok(Box::new(reader.flat_map(move |batch| {
-        let rows: Vec<Result<InputRow>> = match batch {
-            Ok(b) => batch_input_rows(&b, &layout),
-            Err(e) => vec![Err(
-                anyhow::Error::new(e).context(format!("cannot read {name}"))
-            )],
-        };
-        rows.into_iter()
-    })))
-}
-
-fn batch_input_rows(batch: &RecordBatch, layout: &Layout) -> Vec<Result<InputRow>> {
-    (0..batch.num_rows())
-        .map(|r| Ok(layout.row(|i| cell_text(batch.column(i).as_ref(), r))))
-        .collect()
-}
-
-/// The text of one Parquet cell of the types URL lists use (strings, numbers, booleans).
-fn cell_text(col: &dyn Array, r: usize) -> Option<String> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::*;
-    use arrow_schema::DataType as D;
-    if col.is_null(r) {
-        return None;
+        );
     }
-    Some(match col.data_type() {
-        D::Utf8 => col.as_string::<i32>().value(r).to_string(),
-        D::LargeUtf8 => col.as_string::<i64>().value(r).to_string(),
-        D::Utf8View => col.as_string_view().value(r).to_string(),
-        D::Boolean => col.as_boolean().value(r).to_string(),
-        D::Int8 => col.as_primitive::<Int8Type>().value(r).to_string(),
-        D::Int16 => col.as_primitive::<Int16Type>().value(r).to_string(),
-        D::Int32 => col.as_primitive::<Int32Type>().value(r).to_string(),
-        D::Int64 => col.as_primitive::<Int64Type>().value(r).to_string(),
-        D::UInt8 => col.as_primitive::<UInt8Type>().value(r).to_string(),
-        D::UInt16 => col.as_primitive::<UInt16Type>().value(r).to_string(),
-        D::UInt32 => col.as_primitive::<UInt32Type>().value(r).to_string(),
-        D::UInt64 => col.as_primitive::<UInt64Type>().value(r).to_string(),
-        D::Float32 => col.as_primitive::<Float32Type>().value(r).to_string(),
-        D::Float64 => col.as_primitive::<Float64Type>().value(r).to_string(),
-        other => format!("<{other}>"),
-    })
+    let df = JsonReader::new(Cursor::new(text))
+        .with_json_format(JsonFormat::Json)
+        .infer_schema_len(None)
+        .finish()
+        .with_context(|| {
+            format!(
+                "{} is not valid JSON (an array of objects or an object of arrays)",
+                file.display()
+            )
+        })?;
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let (columns, height) = if first == Some(b'{') {
+        // One row whose values are the columns.
+        let columns = df
+            .columns()
+            .iter()
+            .map(|c| -> Result<Column> {
+                Ok(match c.dtype() {
+                    DataType::List(_) => c
+                        .list()?
+                        .series_iter()
+                        .next()
+                        .flatten()
+                        .map(|s| s.into_column())
+                        .unwrap_or_else(|| Column::new_empty(c.name().clone(), &DataType::Null)),
+                    _ => Column::new_empty(c.name().clone(), &DataType::Null),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let height = columns.iter().map(Column::len).max().unwrap_or(0);
+        (columns, height)
+    } else {
+        (df.columns().to_vec(), df.height())
+    };
+    if height == 0 {
+        return Ok(Box::new(std::iter::empty()));
+    }
+    let layout = Layout::find(&names, spec, file)?;
+    let frame = Frame {
+        height,
+        url: vec![columns[layout.url].clone()],
+        caption: layout
+            .caption
+            .map(|i| columns[i].clone())
+            .into_iter()
+            .collect(),
+        keep: layout.keep.iter().map(|&i| columns[i].clone()).collect(),
+    };
+    Ok(Box::new(std::iter::once(Ok(frame))))
+}
+
+/// A Parquet list, read by polars in slices of at most `batching.rows` rows of one row group.
+fn parquet_frames(file: &Path, spec: &InputSpec, batching: Batching) -> Result<Frames> {
+    let open = || File::open(file).with_context(|| format!("cannot open {}", file.display()));
+    let mut reader = ParquetReader::new(open()?);
+    let schema = reader
+        .schema()
+        .with_context(|| format!("{} is not a Parquet file", file.display()))?;
+    let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
+    let layout = Layout::find(&names, spec, file)?;
+    let metadata = reader
+        .get_metadata()
+        .with_context(|| format!("{} is not a Parquet file", file.display()))?
+        .clone();
+    let mut slices = Vec::new();
+    let mut offset = 0;
+    for rg in &metadata.row_groups {
+        let n = rg.num_rows();
+        let mut start = 0;
+        while start < n {
+            let len = batching.rows.min(n - start);
+            slices.push((offset + start, len));
+            start += len;
+        }
+        offset += n;
+    }
+    let projection = layout.used();
+    let file = file.to_path_buf();
+    let mut slices = slices.into_iter();
+    let mut failed = false;
+    Ok(Box::new(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let slice = slices.next()?;
+        let frame = File::open(&file)
+            .with_context(|| format!("cannot open {}", file.display()))
+            .and_then(|f| {
+                let mut reader = ParquetReader::new(f)
+                    .with_projection(Some(projection.clone()))
+                    .with_slice(Some(slice))
+                    .read_parallel(ParallelStrategy::Columns);
+                reader.set_metadata(metadata.clone());
+                reader.finish().with_context(|| {
+                    format!(
+                        "cannot read rows {}-{} of {}",
+                        slice.0 + 1,
+                        slice.0 + slice.1,
+                        file.display()
+                    )
+                })
+            })
+            .and_then(|df| Frame::new(&df, &layout, |i| Ok(df.column(&names[i])?.clone())));
+        failed = frame.is_err();
+        Some(frame)
+    })))
 }
 
 #[cfg(test)]
@@ -500,5 +1049,97 @@ mod tests {
             ..spec
         };
         assert_eq!(rows(&spec)[0].caption.as_deref(), Some("a"));
+    }
+
+    fn rows_in(spec: &InputSpec, rows: usize, bytes: usize) -> Vec<InputRow> {
+        read_rows_in(spec, Batching { rows, bytes })
+            .unwrap()
+            .collect::<Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn gzip_tsv_in_small_batches_keeps_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: String = (0..1000)
+            .map(|i| {
+                format!(
+                    "http://h/{i}.jpg	caption {i}
+"
+                )
+            })
+            .collect();
+        let p = write(dir.path(), "l.tsv.gz", &format!("url\tcaption\n{body}"));
+        let spec = InputSpec {
+            input: p.display().to_string(),
+            ..Default::default()
+        };
+        let whole = rows(&spec);
+        assert_eq!(whole.len(), 1000);
+        for (rows, bytes) in [(7, usize::MAX), (usize::MAX, 100), (1, 1)] {
+            let got = rows_in(&spec, rows, bytes);
+            assert_eq!(got, whole);
+        }
+        for (i, r) in whole.iter().enumerate() {
+            assert_eq!(r.url, format!("http://h/{i}.jpg"));
+        }
+    }
+
+    #[test]
+    fn batches_end_only_between_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: String = (0..50)
+            .map(|i| format!("\"line one {i}\nline two, \"\"{i}\"\"\",http://h/{i}.jpg\r\n\r\n"))
+            .collect();
+        let p = write(dir.path(), "l.csv", &format!("caption,url\n{body}"));
+        let spec = InputSpec {
+            input: p.display().to_string(),
+            ..Default::default()
+        };
+        let whole = rows(&spec);
+        assert_eq!(whole.len(), 50);
+        assert_eq!(
+            whole[3].caption.as_deref(),
+            Some("line one 3\nline two, \"3\"")
+        );
+        for rows in [1, 2, 3, 49] {
+            assert_eq!(rows_in(&spec, rows, usize::MAX), whole);
+        }
+        assert_eq!(rows_in(&spec, usize::MAX, 10), whole);
+    }
+
+    #[test]
+    fn jsonl_and_parquet_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let body: String = (0..100)
+            .map(|i| format!("{{\"url\": \"http://h/{i}.jpg\", \"n\": {i}}}\n"))
+            .collect();
+        let p = write(dir.path(), "l.jsonl.gz", &body);
+        let spec = InputSpec {
+            input: p.display().to_string(),
+            keep_cols: vec!["n".into()],
+            ..Default::default()
+        };
+        let whole = rows(&spec);
+        assert_eq!(whole.len(), 100);
+        assert_eq!(whole[42].extra, vec![Some("42".to_string())]);
+        assert_eq!(rows_in(&spec, 9, usize::MAX), whole);
+
+        // A bad line in a later batch is named by its number.
+        let p = write(dir.path(), "bad.jsonl", &format!("{body}\n[1, 2]\n"));
+        let err = read_rows_in(
+            &InputSpec {
+                input: p.display().to_string(),
+                ..Default::default()
+            },
+            Batching {
+                rows: 9,
+                bytes: usize::MAX,
+            },
+        )
+        .unwrap()
+        .find_map(|r| r.err())
+        .unwrap();
+        assert!(format!("{err:#}").contains("bad.jsonl line 102"), "{err:#}");
     }
 }
