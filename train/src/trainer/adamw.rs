@@ -187,14 +187,34 @@ impl AdamW {
 
     /// Runs parameter `name` at `scale` times the scheduled learning rate (0 freezes it).
     pub fn set_lr_scale(&mut self, name: &str, scale: f64) -> Result<()> {
+        self.scale_where(name, |p| p == name, scale).map(|_| ())
+    }
+
+    /// Scales the learning rate of every trainable parameter whose name starts with `prefix`
+    /// (a module, e.g. `visual_encoder.`); returns how many there are, and refuses a prefix
+    /// that names none.
+    pub fn set_lr_scale_prefix(&mut self, prefix: &str, scale: f64) -> Result<usize> {
+        self.scale_where(&format!("{prefix}*"), |p| p.starts_with(prefix), scale)
+    }
+
+    fn scale_where(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+        scale: f64,
+    ) -> Result<usize> {
         if !(scale.is_finite() && scale >= 0.0) {
-            bail!("the learning-rate scale of {name} must be finite and >= 0, got {scale}");
+            bail!("the learning-rate scale of {what} must be finite and >= 0, got {scale}");
         }
-        let Some(p) = self.params.iter_mut().find(|p| p.name == name) else {
-            bail!("no trainable parameter {name} to scale the learning rate of");
-        };
-        p.lr_scale = scale;
-        Ok(())
+        let mut n = 0;
+        for p in self.params.iter_mut().filter(|p| matches(&p.name)) {
+            p.lr_scale = scale;
+            n += 1;
+        }
+        if n == 0 {
+            bail!("no trainable parameter {what} to scale the learning rate of");
+        }
+        Ok(n)
     }
 
     /// Clears every gradient.
@@ -463,6 +483,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(">= 0"), "{e}");
+    }
+
+    #[test]
+    fn a_module_prefix_scales_every_parameter_under_it() {
+        let (vs, w, b) = store();
+        let mut opt = AdamW::new(&vs, options()).unwrap();
+        assert_eq!(opt.set_lr_scale_prefix("layer.", 0.0).unwrap(), 2);
+        backward(&w, &b, 1.0);
+        opt.step(0.1);
+        assert!(w.eq(1.0).all().int64_value(&[]) == 1);
+        assert!(b.eq(1.0).all().int64_value(&[]) == 1);
+        let e = opt
+            .set_lr_scale_prefix("visual_encoder.", 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("visual_encoder.*"), "{e}");
     }
 
     #[test]

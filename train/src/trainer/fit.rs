@@ -187,6 +187,11 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
     optimizer
         .set_lr_scale(model::albef::TEMP, t.temp_lr_scale)
         .context("train.temp_lr_scale")?;
+    for module in ["visual_encoder.", "vision_proj."] {
+        optimizer
+            .set_lr_scale_prefix(module, t.vision_lr_scale)
+            .context("train.vision_lr_scale")?;
+    }
 
     let mut state = match job.resume {
         Some(loaded) => {
