@@ -218,7 +218,9 @@ pub fn thin(points: Vec<MetricPoint>, max: usize) -> Vec<MetricPoint> {
 }
 
 /// Every histogram in a statistics document: any object with a numeric `counts` array and
-/// either `edges` (one more than the counts) or `min` and `max` (equal-width bins).
+/// either `edges` (one more than the counts) or `min` and `max` (equal-width bins). It is named
+/// by its own `name` or `score` string (`albef filter` writes a list of `{score, edges,
+/// counts}`), else by its path in the document.
 pub fn histograms(stats: &Value) -> Vec<Histogram> {
     let mut out = Vec::new();
     collect_histograms(stats, "", &mut out);
@@ -244,8 +246,9 @@ fn collect_histograms(v: &Value, path: &str, out: &mut Vec<Histogram>) {
                     )
                 });
                 if let Some(edges) = edges.filter(|e| e.len() == counts.len() + 1) {
+                    let own = ["name", "score"].iter().find_map(|k| map.get(*k)?.as_str());
                     out.push(Histogram {
-                        name: path.to_string(),
+                        name: own.unwrap_or(path).to_string(),
                         edges,
                         counts,
                     });
@@ -289,6 +292,19 @@ mod tests {
         assert_eq!(names, ["scores.itc", "scores.itm"]);
         assert_eq!(h[0].edges, [0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(h[1].counts, [3.0, 7.0]);
+    }
+
+    #[test]
+    fn a_histogram_is_named_by_its_own_score_field() {
+        let stats = serde_json::json!({
+            "histograms": [
+                {"score": "score", "edges": [0.0, 0.5, 1.0], "counts": [3, 7]},
+                {"score": "i2t", "edges": [0.0, 0.5, 1.0], "counts": [9, 1]},
+                {"edges": [0.0, 1.0], "counts": [4]}
+            ]
+        });
+        let names: Vec<String> = histograms(&stats).into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["score", "i2t", "histograms[2]"]);
     }
 
     #[test]
