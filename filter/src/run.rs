@@ -73,6 +73,8 @@ pub struct Summary {
     pub seconds_scoring: f64,
     pub pairs_per_second: f64,
     pub histograms: Vec<Histogram>,
+    /// The contact sheet's HTML page (`None` on a dry run), which the dashboard links to.
+    pub contact_sheet: Option<String>,
 }
 
 /// The scores of every `success` row of a dataset folder, by key.
@@ -197,6 +199,7 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
         seconds_scoring: scored.seconds,
         pairs_per_second: n_scored as f64 / scored.seconds.max(1e-9),
         histograms: report::histograms(&all),
+        contact_sheet: None,
     };
     if job.dry_run {
         return Ok(summary);
@@ -272,6 +275,7 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
     summary.version = Some(version.version);
     summary.version_id = Some(version.id);
     summary.output = Some(out.display().to_string());
+    summary.contact_sheet = Some(out.join("contact_sheet.html").display().to_string());
     let stats = serde_json::to_value(&summary)?;
     write_file(
         &out.join("filter.json"),

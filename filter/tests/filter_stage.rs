@@ -359,6 +359,9 @@ async fn filter_stage_end_to_end() {
     assert_eq!(stats["kept"], json!(15));
     assert!((stats["kept_fraction"].as_f64().unwrap() - 15.0 / 48.0).abs() < 1e-12);
     assert_eq!(stats["histograms"].as_array().unwrap().len(), 4);
+    let sheet = stats["contact_sheet"].as_str().unwrap();
+    assert!(sheet.ends_with("top30/contact_sheet.html"), "{sheet}");
+    assert!(Path::new(sheet).is_file(), "{sheet}");
     assert_eq!(v.rows, ROWS as i64);
 
     // Threshold on the ITM probability, as a dry run: nothing written or registered.
