@@ -22,7 +22,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,6 +75,10 @@ pub struct Summary {
     pub histograms: Vec<Histogram>,
     /// The contact sheet's HTML page (`None` on a dry run), which the dashboard links to.
     pub contact_sheet: Option<String>,
+    /// Output rows by status (`success` for the kept, `filtered_out`, and the source's own
+    /// non-success statuses); empty on a dry run.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_status: BTreeMap<String, u64>,
 }
 
 /// The scores of every `success` row of a dataset folder, by key.
@@ -200,6 +204,7 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
         pairs_per_second: n_scored as f64 / scored.seconds.max(1e-9),
         histograms: report::histograms(&all),
         contact_sheet: None,
+        by_status: BTreeMap::new(),
     };
     if job.dry_run {
         return Ok(summary);
@@ -244,6 +249,9 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
             &mut sheet,
         )?;
         rows += written.rows;
+        for (status, n) in &written.by_status {
+            *summary.by_status.entry(status.clone()).or_default() += n;
+        }
         registry
             .register_shard(
                 version.id,
@@ -305,8 +313,7 @@ struct ShardCounts {
     source: String,
     rows: u64,
     scored: u64,
-    kept: u64,
-    filtered_out: u64,
+    by_status: BTreeMap<String, u64>,
 }
 
 /// Copies one source shard to `out` with the score columns and the new statuses, and collects
@@ -325,8 +332,7 @@ fn rewrite_shard(
         source: src.display().to_string(),
         rows: 0,
         scored: 0,
-        kept: 0,
-        filtered_out: 0,
+        by_status: BTreeMap::new(),
     };
     let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
     for batch in shard::read_batches(src, None, None)? {
@@ -352,12 +358,11 @@ fn rewrite_shard(
             let st = if st != Status::Success.as_str() {
                 st
             } else if cut.kept.contains(key) {
-                counts.kept += 1;
                 st
             } else {
-                counts.filtered_out += 1;
                 Status::FilteredOut.as_str()
             };
+            *counts.by_status.entry(st.to_string()).or_default() += 1;
             new_status.push(st.to_string());
             if wanted.contains(&key.to_string()) {
                 sheet.insert(key.to_string(), sheet_pair(&batch, r, key, s)?);

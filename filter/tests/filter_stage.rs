@@ -357,6 +357,11 @@ async fn filter_stage_end_to_end() {
     assert_eq!(v.params["score"], json!("score"));
     let stats = v.stats.unwrap();
     assert_eq!(stats["kept"], json!(15));
+    // Rows by status, as the dashboard's dataset page shows them.
+    assert_eq!(
+        stats["by_status"],
+        json!({"success": 15, "filtered_out": ROWS - 15})
+    );
     assert!((stats["kept_fraction"].as_f64().unwrap() - 15.0 / 48.0).abs() < 1e-12);
     assert_eq!(stats["histograms"].as_array().unwrap().len(), 4);
     let sheet = stats["contact_sheet"].as_str().unwrap();
