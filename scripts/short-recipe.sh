@@ -4,7 +4,8 @@
 #
 #   LR (peak, default 1e-3)             WARMUP (steps, 100)        MOMENTUM (0.99; albef-tiny 0.995)
 #   ALPHA (0; albef-tiny 0.4)           QUEUE (256; albef-tiny 4096)
-#   TEMP_LR_SCALE (1)                   VISION_LR (the image encoder's lr / lr, 0.3; albef-tiny 1)
+#   TEMP (initial temperature, 0.07)    TEMP_LR_SCALE (1; 0: TEMP fixed)
+#   VISION_LR (the image encoder's lr / lr, 0.3; albef-tiny 1)
 #   IMAGE_RES (48: a 3x3 patch grid, one patch per named place; albef-tiny 96)
 #   PATCH (16)                          POS_EMBED (normal or sincos; normal)
 #   DROPOUT (BERT's, 0; albef-tiny 0.1) MLM_PROB (0.15)
@@ -35,6 +36,7 @@ short_recipe_config() {
         -e "s/^patch_size = [0-9]*/patch_size = ${PATCH:-16}/" \
         -e "s/^pos_embed_init = \"[a-z]*\"/pos_embed_init = \"${POS_EMBED:-normal}\"/" \
         -e "s/^randaugment_n = [0-9]*/randaugment_n = ${RANDAUG:-0}/" \
+        -e "s/^temp = [0-9.]*/temp = ${TEMP:-0.07}/" \
         -e "s/^temp_lr_scale = [0-9.]*/temp_lr_scale = ${TEMP_LR_SCALE:-1.0}/" \
         -e "s/^vision_lr_scale = [0-9.]*/vision_lr_scale = ${VISION_LR:-0.3}/" \
         -e "s/^flip = .*/flip = false/" -e "s/^crop_scale = .*/crop_scale = [${CROP_MIN:-1.0}, 1.0]/" \
