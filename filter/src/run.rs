@@ -355,12 +355,11 @@ fn rewrite_shard(
             } else {
                 cols.iter_mut().for_each(|c| c.push(None));
             }
-            let st = if st != Status::Success.as_str() {
-                st
-            } else if cut.kept.contains(key) {
-                st
-            } else {
+            // A success row stays one when kept; the rest keep their own status.
+            let st = if st == Status::Success.as_str() && !cut.kept.contains(key) {
                 Status::FilteredOut.as_str()
+            } else {
+                st
             };
             *counts.by_status.entry(st.to_string()).or_default() += 1;
             new_status.push(st.to_string());
