@@ -22,7 +22,8 @@
 # same ViT learns it in a few hundred steps there and not at all in 600 steps at 96 px (README,
 # Benchmarks). A learned temperature falls from 0.07 to the clamp's 0.001-0.004 within a few
 # hundred steps at lr 1e-3; held fixed at 0.01 (about where the H200 runs' learned one settled),
-# held-out t2i R@1 after 1,100 steps was 16.3% against 6-11% (README, Benchmarks).
+# held-out t2i R@1 after 1,100 steps was 16.3% against 6-11%, and 51-80% after 3,000 (README,
+# Benchmarks).
 short_recipe_config() {
     local out="$1" amp=false
     [ "${AMP:-0}" = 1 ] && amp=true
