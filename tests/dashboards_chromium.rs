@@ -104,6 +104,15 @@ fn pages(d: &Demo) -> Vec<(&'static str, String, Vec<String>, u32)> {
             900,
         ),
         (
+            "charts-unlogged-key",
+            format!("#/charts?runs={}&key=metrics.r1_t2i", d.noisy),
+            s(&[
+                "<option selected=\"\" value=\"metrics.r1_t2i\">metrics.r1_t2i (not logged)</option>",
+                "No points to draw.",
+            ]),
+            500,
+        ),
+        (
             "compare",
             format!("#/compare?runs={},{}", d.noisy, d.failed),
             s(&[

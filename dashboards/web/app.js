@@ -185,9 +185,13 @@ async function chartsView() {
   if (!selected.length) selected = runs.slice(0, 3).map(h => h.run.id);
   const key = p.get("key") || (keys.includes("loss") ? "loss" : keys[0]);
   const smooth = Number(p.get("smooth") ?? 0.6);
+  // A key from the address that no run logged stays the selected one, marked, rather than the
+  // select silently showing the first key above a chart of another.
+  const options = keys.map(k => `<option${k === key ? " selected" : ""}>${esc(k)}</option>`);
+  if (key && !keys.includes(key)) options.unshift(`<option selected value="${esc(key)}">${esc(key)} (not logged)</option>`);
   view.innerHTML = `<h1>Metrics by step</h1>
     <div class="toolbar">
-      <label>metric <select id="key">${keys.map(k => `<option${k === key ? " selected" : ""}>${esc(k)}</option>`).join("")}</select></label>
+      <label>metric <select id="key">${options.join("")}</select></label>
       <label>smoothing <input id="smooth" type="range" min="0" max="0.99" step="0.01" value="${smooth}"> <span id="smooth-v">${smooth.toFixed(2)}</span></label>
     </div>
     <div class="row"><div class="card chart" style="flex:3 1 700px"><h2 id="chart-title">${esc(key || "no metrics yet")}</h2><div id="chart"></div><div id="legend"></div></div>
