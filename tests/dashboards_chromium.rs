@@ -164,6 +164,8 @@ fn pages(d: &Demo) -> Vec<(&'static str, String, Vec<String>, u32)> {
                 "Score histogram: scores.itc",
                 "id=\"contact-sheet\"",
                 "filtered_out",
+                "kept of scored",
+                "83.3%",
             ]),
             1200,
         ),

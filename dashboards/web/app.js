@@ -278,6 +278,14 @@ async function datasetsView() {
     </tbody></table></div>` : '<div class="card empty">No dataset versions yet.</div>'}`;
 }
 
+/** A filter version's cards: the share of the scored pairs kept, and the rows it did not score
+ * (the source's duplicates and failures, carried through with their status). */
+function filterStats(st, stat) {
+  const by = st.by_status || {}, kept = by.success || 0, dropped = by.filtered_out || 0;
+  const carried = (st.rows || 0) - kept - dropped;
+  return `${stat("kept of scored", fmtPct(kept + dropped ? kept / (kept + dropped) : null))}${stat("filtered out", dropped)}${stat("not scored (from source)", carried)}`;
+}
+
 async function datasetView() {
   const p = params(), name = p.get("name"), version = p.get("version");
   const d = await api(`/api/datasets/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`);
@@ -285,7 +293,7 @@ async function datasetView() {
   const total = st.rows || v.rows;
   const stat = (k, val) => `<div class="stat"><div class="v">${val}</div><div class="k">${esc(k)}</div></div>`;
   view.innerHTML = `<h1>${esc(v.dataset)}@${v.version} <span class="muted">· ${esc(v.stage)} · ${status(v.status)}</span></h1>
-    <div class="stats">${stat("rows", total ?? "—")}${stat("success rate", fmtPct(rate(st, "success", v.stage)))}${stat("dedupe rate", fmtPct(rate(st, "duplicate", v.stage)))}
+    <div class="stats">${stat("rows", total ?? "—")}${v.stage === "filter" ? filterStats(st, stat) : `${stat("success rate", fmtPct(rate(st, "success", v.stage)))}${stat("dedupe rate", fmtPct(rate(st, "duplicate", v.stage)))}`}
     ${stat("shards", v.shards)}${stat("downloaded", fmtBytes(st.bytes_downloaded))}${stat("parent version id", v.parent_id ?? "—")}</div>
     <div class="row">${bars("Rows by status", st.by_status, total)}${bars("Errors by kind", st.by_error_kind, total, true)}</div>
     <div class="row">${bars("HTTP status", st.by_http_status, total)}${bars("Duplicates by layer", st.dedupe, total)}</div>
