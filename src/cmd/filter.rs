@@ -28,7 +28,7 @@ pub struct FilterArgs {
     /// Keep pairs whose score is at least this (BLIP's CapFilt: 0.5 on score_itm)
     #[arg(long)]
     threshold: Option<f64>,
-    /// Score that ranks and thresholds: score (mean of the three), score_i2t, score_t2i, score_itm
+    /// Score that ranks and thresholds: score (mean of score_i2t and score_t2i), score_i2t, score_t2i, score_itm
     #[arg(long, default_value = "score", value_parser = ScoreName::parse)]
     score: ScoreName,
     /// Pairs per forward pass
