@@ -15,9 +15,10 @@ official-style PyTorch training step.
         needs only torch: median ms of forward + backward + AdamW of the re-implementation
         (eager, full-vocabulary MLM and separate ITM passes like the official code).
 
-The re-implementation follows docs/albef.md ("One pretraining step") and the official model_pretrain.py/xbert.py
-semantics (step order, soft targets, enqueue, hard negatives, MLM distillation); it is written
-for this script, in the official parameter layout so that its state dict is the checkpoint's.
+The re-implementation follows docs/albef.md ("One pretraining step") and the official
+model_pretrain.py/xbert.py semantics (step order, soft targets, enqueue, hard negatives, MLM
+distillation); it is written for this script, in the official parameter layout so that its state
+dict is the checkpoint's.
 """
 import argparse
 import json
