@@ -83,8 +83,9 @@ postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "postgres did not start"; exit 1
 
+# The tests run the binary cargo builds for them (CARGO_BIN_EXE_albef, with the test build's
+# features), so no separate `cargo build --bin albef` compiles the dependencies a second time.
 test: setup test-sysdeps postgres
-	cargo build --release --bin albef
 	$(TEST_ENV) cargo test --release --workspace
 
 fmt:
