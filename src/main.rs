@@ -42,11 +42,15 @@ enum LogFormat {
     Json,
 }
 
+/// Logs go to stderr, coloured only when stderr is a terminal (a log file or a pipe gets
+/// plain text, without ANSI escape codes).
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

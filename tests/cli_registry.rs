@@ -398,3 +398,23 @@ async fn registry_commands_on_postgres() {
     common::drop_pg_database(&name).await;
     result.unwrap();
 }
+
+/// Log lines written to a pipe or a file are plain text: no ANSI colour codes.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_albef"))
+        .args(["--registry", &url, "runs", "list"])
+        .env("ALBEF_HOME", dir.path())
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("albef runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("DEBUG"), "no debug log lines: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in piped logs: {stderr:?}"
+    );
+}
