@@ -151,108 +151,21 @@ impl RunsArgs {
                 }
                 t.print(format)
             }
-            RunsCommand::Show { run } => {
-                let d = reg.run_detail(run).await?;
-                if format == Format::Json {
-                    return print_json(&serde_json::to_value(&d)?);
-                }
-                let r = &d.run;
-                let mut t = Table::new(["field", "value"]);
-                let attrs = [
-                    ("id", json!(r.id)),
-                    ("experiment", json!(r.experiment)),
-                    ("name", json!(r.name)),
-                    ("status", json!(r.status.as_str())),
-                    ("start_time", time_cell(Some(r.start_time))),
-                    ("end_time", time_cell(r.end_time)),
-                    ("host", json!(r.host)),
-                    ("code_version", json!(r.code_version)),
-                    ("dataset_version_id", json!(r.dataset_version_id)),
-                    ("config", json!(r.config.to_string())),
-                ];
-                for (k, v) in attrs {
-                    t.push(vec![json!(k), v]);
-                }
-                for (k, v) in &d.params {
-                    t.push(vec![json!(format!("params.{k}")), json!(v)]);
-                }
-                for (k, v) in &d.tags {
-                    t.push(vec![json!(format!("tags.{k}")), json!(v)]);
-                }
-                for m in &d.metrics {
-                    t.push(vec![
-                        json!(format!("metrics.{}", m.key)),
-                        json!(format!(
-                            "last {} (step {}), min {}, max {}, {} points",
-                            m.last, m.last_step, m.min, m.max, m.count
-                        )),
-                    ]);
-                }
-                t.print(format)
-            }
-            RunsCommand::Compare { runs } => {
-                let c = reg.compare_runs(&runs).await?;
-                if format == Format::Json {
-                    return print_json(&serde_json::to_value(&c)?);
-                }
-                let mut headers = vec!["key".to_string(), "differs".to_string()];
-                headers.extend(c.runs.iter().map(|r| format!("{} ({})", r.id, r.name)));
-                let mut t = Table::new(headers);
-                for p in &c.params {
-                    let mut row = vec![
-                        json!(format!("params.{}", p.key)),
-                        json!(if p.differs { "*" } else { "" }),
-                    ];
-                    row.extend(p.values.iter().map(|v| json!(v)));
-                    t.push(row);
-                }
-                for m in &c.metrics {
-                    for (what, pick) in [
-                        (
-                            "last",
-                            (|s: &albef_registry::MetricSummary| s.last) as fn(&_) -> f64,
-                        ),
-                        ("min", |s| s.min),
-                        ("max", |s| s.max),
-                    ] {
-                        let values: Vec<Option<f64>> =
-                            m.summaries.iter().map(|s| s.as_ref().map(pick)).collect();
-                        let differs = values.iter().any(|v| v != &values[0]);
-                        let mut row = vec![
-                            json!(format!("{what}(metrics.{})", m.key)),
-                            json!(if differs { "*" } else { "" }),
-                        ];
-                        row.extend(values.iter().map(|v| json!(v)));
-                        t.push(row);
-                    }
-                }
-                t.print(format)
-            }
+            RunsCommand::Show { run } => show(&reg, run, format).await,
+            RunsCommand::Compare { runs } => compare(&reg, &runs, format).await,
             RunsCommand::Search {
                 experiment,
                 filter,
                 order_by,
                 limit,
             } => {
-                let hits = reg
-                    .search_runs(&RunSearch {
-                        experiment,
-                        filter: Some(filter),
-                        order_by,
-                        limit: Some(limit),
-                    })
-                    .await?;
-                let extra: Vec<String> = hits
-                    .first()
-                    .map(|h| h.values.iter().map(|(k, _)| k.clone()).collect())
-                    .unwrap_or_default();
-                let mut t = run_table(&extra);
-                for h in &hits {
-                    let mut row = run_row(&h.run);
-                    row.extend(h.values.iter().map(|(_, v)| v.clone()));
-                    t.push(row);
-                }
-                t.print(format)
+                let query = RunSearch {
+                    experiment,
+                    filter: Some(filter),
+                    order_by,
+                    limit: Some(limit),
+                };
+                search(&reg, query, format).await
             }
             RunsCommand::Create {
                 experiment,
@@ -272,21 +185,121 @@ impl RunsArgs {
                 }
                 print_id(id, format)
             }
-            RunsCommand::Log { run, metrics, step } => {
-                reg.run(run).await?;
-                // Check every value first, so that a bad one writes nothing.
-                if let Some((k, v)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
-                    anyhow::bail!("metric {k:?} of run {run}: value {v} is not a finite number");
-                }
-                let w = reg.metric_writer(run);
-                for (k, v) in &metrics {
-                    w.log(k, step, *v)?;
-                }
-                w.finish().await
-            }
+            RunsCommand::Log { run, metrics, step } => log(&reg, run, &metrics, step).await,
             RunsCommand::Finish { run, status } => reg.finish_run(run, status).await,
         }
     }
+}
+
+/// `albef runs show RUN`: every field, param, tag and metric summary of a run.
+async fn show(reg: &Registry, run: i64, format: Format) -> Result<()> {
+    let d = reg.run_detail(run).await?;
+    if format == Format::Json {
+        return print_json(&serde_json::to_value(&d)?);
+    }
+    let r = &d.run;
+    let mut t = Table::new(["field", "value"]);
+    let attrs = [
+        ("id", json!(r.id)),
+        ("experiment", json!(r.experiment)),
+        ("name", json!(r.name)),
+        ("status", json!(r.status.as_str())),
+        ("start_time", time_cell(Some(r.start_time))),
+        ("end_time", time_cell(r.end_time)),
+        ("host", json!(r.host)),
+        ("code_version", json!(r.code_version)),
+        ("dataset_version_id", json!(r.dataset_version_id)),
+        ("config", json!(r.config.to_string())),
+    ];
+    for (k, v) in attrs {
+        t.push(vec![json!(k), v]);
+    }
+    for (k, v) in &d.params {
+        t.push(vec![json!(format!("params.{k}")), json!(v)]);
+    }
+    for (k, v) in &d.tags {
+        t.push(vec![json!(format!("tags.{k}")), json!(v)]);
+    }
+    for m in &d.metrics {
+        t.push(vec![
+            json!(format!("metrics.{}", m.key)),
+            json!(format!(
+                "last {} (step {}), min {}, max {}, {} points",
+                m.last, m.last_step, m.min, m.max, m.count
+            )),
+        ]);
+    }
+    t.print(format)
+}
+
+/// `albef runs compare RUN...`: params and metric summaries side by side, differences marked.
+async fn compare(reg: &Registry, runs: &[i64], format: Format) -> Result<()> {
+    let c = reg.compare_runs(runs).await?;
+    if format == Format::Json {
+        return print_json(&serde_json::to_value(&c)?);
+    }
+    let mut headers = vec!["key".to_string(), "differs".to_string()];
+    headers.extend(c.runs.iter().map(|r| format!("{} ({})", r.id, r.name)));
+    let mut t = Table::new(headers);
+    for p in &c.params {
+        let mut row = vec![
+            json!(format!("params.{}", p.key)),
+            json!(if p.differs { "*" } else { "" }),
+        ];
+        row.extend(p.values.iter().map(|v| json!(v)));
+        t.push(row);
+    }
+    for m in &c.metrics {
+        for (what, pick) in [
+            (
+                "last",
+                (|s: &albef_registry::MetricSummary| s.last) as fn(&_) -> f64,
+            ),
+            ("min", |s| s.min),
+            ("max", |s| s.max),
+        ] {
+            let values: Vec<Option<f64>> =
+                m.summaries.iter().map(|s| s.as_ref().map(pick)).collect();
+            let differs = values.iter().any(|v| v != &values[0]);
+            let mut row = vec![
+                json!(format!("{what}(metrics.{})", m.key)),
+                json!(if differs { "*" } else { "" }),
+            ];
+            row.extend(values.iter().map(|v| json!(v)));
+            t.push(row);
+        }
+    }
+    t.print(format)
+}
+
+/// `albef runs search`: the runs a filter expression selects, with the values it ordered by.
+async fn search(reg: &Registry, query: RunSearch, format: Format) -> Result<()> {
+    let hits = reg.search_runs(&query).await?;
+    let extra: Vec<String> = hits
+        .first()
+        .map(|h| h.values.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let mut t = run_table(&extra);
+    for h in &hits {
+        let mut row = run_row(&h.run);
+        row.extend(h.values.iter().map(|(_, v)| v.clone()));
+        t.push(row);
+    }
+    t.print(format)
+}
+
+/// `albef runs log RUN KEY=VALUE...`: metric points at one step; a bad value writes nothing.
+async fn log(reg: &Registry, run: i64, metrics: &[(String, f64)], step: i64) -> Result<()> {
+    reg.run(run).await?;
+    // Check every value first, so that a bad one writes nothing.
+    if let Some((k, v)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+        anyhow::bail!("metric {k:?} of run {run}: value {v} is not a finite number");
+    }
+    let w = reg.metric_writer(run);
+    for (k, v) in metrics {
+        w.log(k, step, *v)?;
+    }
+    w.finish().await
 }
 
 /// The answer of a command that creates something: `{"id": N}` in JSON, the id otherwise.
