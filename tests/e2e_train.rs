@@ -5,11 +5,11 @@
 //! checkpoint. The resumed run's losses must equal the uninterrupted run's bit for bit, every
 //! checkpoint's registered sha256 must match its file, and `albef eval` must print the six
 //! recall figures of the final checkpoint.
+use albef_corpus::generate::{generate, write_url_lists, GenerateOptions};
+use albef_corpus::serve::serve;
+use albef_dataset::hash_file;
 use albef_registry::{Registry, RunStatus};
-use albef_train::checkpoint::hash_file;
 use albef_train::model::weights;
-use albef_train::synth::generate::{generate, write_url_lists, GenerateOptions};
-use albef_train::synth::serve::serve;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

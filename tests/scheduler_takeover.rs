@@ -102,11 +102,11 @@ fn write_list(dir: &Path, port: u16) -> PathBuf {
 
 /// Complete shards of a folder: shard number -> (inode, mtime in ns) of its Parquet file.
 fn complete_shards(dir: &Path) -> HashMap<u64, (u64, i64)> {
-    albef_ingest::shard::complete_shards(dir)
+    albef_dataset::complete_shards(dir)
         .unwrap()
         .into_iter()
         .map(|s| {
-            let m = std::fs::metadata(albef_ingest::shard::parquet_path(dir, s)).unwrap();
+            let m = std::fs::metadata(albef_dataset::parquet_path(dir, s)).unwrap();
             (s, (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
         })
         .collect()
@@ -244,8 +244,7 @@ fn kill_and_take_over(registry: &str, dir: &Path) {
     let mut keys = Vec::new();
     for s in after.keys() {
         let rows =
-            albef_ingest::shard::read_rows(&albef_ingest::shard::parquet_path(&job_dir, *s), None)
-                .unwrap();
+            albef_dataset::read_rows(&albef_dataset::parquet_path(&job_dir, *s), None).unwrap();
         keys.extend(rows.into_iter().map(|r| r.key));
     }
     keys.sort();

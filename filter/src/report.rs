@@ -5,7 +5,7 @@
 //! bottom row highest). Where the input list carried ground truth (the synthetic corpus's
 //! `clean` column), [`label_auc`] measures how well each score detects it.
 use crate::score::{PairScores, ScoreName, SCORE_COLUMNS};
-use albef_ingest::shard;
+use albef_dataset as dataset;
 use anyhow::{bail, Context, Result};
 use arrow_array::{Array, Float32Array};
 use base64::Engine;
@@ -137,7 +137,7 @@ pub fn write_contact_sheet(dir: &Path, lowest: &[SheetPair], highest: &[SheetPai
         }
         html.push_str("</div>\n");
     }
-    crate::write_file(&dir.join("contact_sheet.html"), html.as_bytes())?;
+    dataset::write_atomic(&dir.join("contact_sheet.html"), html.as_bytes())?;
 
     let cols = lowest.len().max(highest.len()).max(1) as u32;
     let mut grid = RgbImage::from_pixel(cols * THUMB, 2 * THUMB, image::Rgb([255, 255, 255]));
@@ -160,7 +160,7 @@ pub fn write_contact_sheet(dir: &Path, lowest: &[SheetPair], highest: &[SheetPai
     let mut png = Vec::new();
     grid.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .context("encoding the contact sheet PNG")?;
-    crate::write_file(&dir.join("contact_sheet.png"), &png)
+    dataset::write_atomic(&dir.join("contact_sheet.png"), &png)
 }
 
 /// The area under the ROC curve of `scores` as a detector of `positive`: the probability that
@@ -217,25 +217,25 @@ pub struct LabelAuc {
 /// The ROC-AUC of every score column of the filter output in `dir` (as written by [`crate::run`])
 /// for the label column `label`, over the scored rows.
 pub fn label_auc(dir: &Path, label: &str) -> Result<LabelAuc> {
-    let shards = shard::complete_shards(dir)?;
+    let shards = dataset::complete_shards(dir)?;
     if shards.is_empty() {
         bail!("{} holds no complete shards", dir.display());
     }
-    let mut columns: Vec<&str> = vec![shard::KEY, label];
+    let mut columns: Vec<&str> = vec![dataset::KEY, label];
     columns.extend(SCORE_COLUMNS);
     let mut labels: Vec<bool> = Vec::new();
     let mut scores: [Vec<f32>; 4] = Default::default();
     for i in shards {
-        let path = shard::parquet_path(dir, i);
-        for batch in shard::read_batches(&path, None, Some(&columns)).with_context(|| {
+        let path = dataset::parquet_path(dir, i);
+        for batch in dataset::read_batches(&path, None, Some(&columns)).with_context(|| {
             format!(
                 "{} is not a filter output with a {label:?} column",
                 dir.display()
             )
         })? {
             let batch = batch?;
-            let keys = shard::string_col(&batch, shard::KEY)?;
-            let truth = shard::string_col(&batch, label)
+            let keys = dataset::string_col(&batch, dataset::KEY)?;
+            let truth = dataset::string_col(&batch, label)
                 .with_context(|| format!("reading the label column of {}", path.display()))?;
             let cols = SCORE_COLUMNS
                 .iter()

@@ -7,19 +7,14 @@
 use crate::report::{self, Histogram, SheetPair};
 use crate::score::{PairScores, ScoreName, Scorer, SCORE_COLUMNS};
 use crate::select::{select, Cut, Selection};
-use albef_ingest::shard::{self, Status};
-use albef_registry::{NewDatasetVersion, NewShard, Registry};
-use albef_train::checkpoint::hash_file;
+use albef_dataset::{self as dataset, ShardStats, ShardWriter, Stats, Status};
+use albef_registry::{Checkpoint, DatasetVersion, NewDatasetVersion, NewShard, Registry, Shard};
 use albef_train::data::{self, loader::Loader};
 use albef_train::trainer::fit::loader_config;
 use anyhow::{bail, Context, Result};
 use arrow_array::{Array, ArrayRef, BinaryArray, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use indicatif::{ProgressBar, ProgressStyle};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -142,17 +137,51 @@ pub fn score_dataset(
     })
 }
 
-/// Runs a filter job against `registry`.
+/// Runs a filter job against `registry`: resolve the checkpoint and source, score, choose,
+/// and (unless a dry run) write and register the filtered version.
 pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
     let selection = job.selection.validate()?;
     if job.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let ckpt = registry
-        .resolve_checkpoint(&job.checkpoint)
+    let ckpt = verified_checkpoint(registry, &job.checkpoint).await?;
+    let source = registry
+        .dataset_version(&job.dataset)
         .await
-        .with_context(|| format!("resolving checkpoint {:?}", job.checkpoint))?;
-    let (sha, _) = hash_file(Path::new(&ckpt.uri))?;
+        .with_context(|| format!("resolving dataset {:?}", job.dataset))?;
+    let shards = registry.shards(source.id).await?;
+    if shards.is_empty() {
+        bail!(
+            "dataset version {}@{} has no registered shards",
+            source.dataset,
+            source.version
+        );
+    }
+    let scorer = Scorer::load(Path::new(&ckpt.uri), job.device)?;
+    let scored = score_dataset(
+        &scorer,
+        Path::new(&source.uri),
+        job.batch_size,
+        job.workers,
+        &job.tokenizer,
+        job.progress,
+    )?;
+    let column = scored.column(job.score);
+    let cut = select(&column, selection);
+    let mut summary = summarize(job, selection, &ckpt, &source, &shards, &scored, &cut);
+    if !job.dry_run {
+        write_version(registry, job, &source, &shards, &scored, &cut, &mut summary).await?;
+    }
+    Ok(summary)
+}
+
+/// The checkpoint `spec` names, refused when its file no longer has the registered sha256.
+async fn verified_checkpoint(registry: &Registry, spec: &str) -> Result<Checkpoint> {
+    let ckpt = registry
+        .resolve_checkpoint(spec)
+        .await
+        .with_context(|| format!("resolving checkpoint {spec:?}"))?;
+    let (sha, _) = dataset::hash_file(Path::new(&ckpt.uri))?;
     if sha != ckpt.sha256 {
         bail!(
             "checkpoint {} file {} has sha256 {sha}, the registry recorded {}",
@@ -161,32 +190,23 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
             ckpt.sha256
         );
     }
-    let source = registry
-        .dataset_version(&job.dataset)
-        .await
-        .with_context(|| format!("resolving dataset {:?}", job.dataset))?;
-    let source_name = format!("{}@{}", source.dataset, source.version);
-    let source_dir = PathBuf::from(&source.uri);
-    let shards = registry.shards(source.id).await?;
-    if shards.is_empty() {
-        bail!("dataset version {source_name} has no registered shards");
-    }
+    Ok(ckpt)
+}
 
-    let scorer = Scorer::load(Path::new(&ckpt.uri), job.device)?;
-    let scored = score_dataset(
-        &scorer,
-        &source_dir,
-        job.batch_size,
-        job.workers,
-        &job.tokenizer,
-        job.progress,
-    )?;
-    let column = scored.column(job.score);
-    let cut = select(&column, selection);
+/// What the scoring and the choice came to, before anything is written.
+fn summarize(
+    job: &FilterJob,
+    selection: Selection,
+    ckpt: &Checkpoint,
+    source: &DatasetVersion,
+    shards: &[Shard],
+    scored: &Scored,
+    cut: &Cut,
+) -> Summary {
     let all: Vec<PairScores> = scored.scores.values().copied().collect();
-    let n_scored = column.len() as u64;
-    let mut summary = Summary {
-        source: source_name.clone(),
+    let n_scored = scored.scores.len() as u64;
+    Summary {
+        source: format!("{}@{}", source.dataset, source.version),
         source_version_id: source.id,
         version: None,
         version_id: None,
@@ -205,66 +225,59 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
         histograms: report::histograms(&all),
         contact_sheet: None,
         by_status: BTreeMap::new(),
-    };
-    if job.dry_run {
-        return Ok(summary);
     }
+}
 
+/// Registers the new version, writes every source shard again with the scores and statuses,
+/// then the report files, and finishes the version with `summary` as its statistics.
+async fn write_version(
+    registry: &Registry,
+    job: &FilterJob,
+    source: &DatasetVersion,
+    shards: &[Shard],
+    scored: &Scored,
+    cut: &Cut,
+    summary: &mut Summary,
+) -> Result<()> {
     std::fs::create_dir_all(&job.output)
         .with_context(|| format!("cannot create the output folder {}", job.output.display()))?;
     let out = std::fs::canonicalize(&job.output)
         .with_context(|| format!("cannot resolve {}", job.output.display()))?;
-    let (selection_key, selection_value) = match selection {
-        Selection::KeepFraction(f) => ("keep_fraction", f),
-        Selection::Threshold(t) => ("threshold", t),
-    };
     let version = registry
         .create_dataset_version(NewDatasetVersion {
             dataset: source.dataset.clone(),
             uri: out.display().to_string(),
             parent: Some(source.id),
             stage: "filter".into(),
-            params: json!({
-                "source": source_name,
-                "source_version_id": source.id,
-                "checkpoint_id": ckpt.id,
-                "checkpoint_sha256": ckpt.sha256,
-                "score": job.score.column(),
-                selection_key: selection_value,
-                "batch_size": job.batch_size,
-            }),
+            params: lineage(job, source, summary),
         })
         .await?;
-    let sheet_keys = sheet_keys(&column, job.sheet_size);
+    let sheet_keys = sheet_keys(&scored.column(job.score), job.sheet_size);
     let mut sheet: HashMap<String, SheetPair> = HashMap::new();
     let mut rows = 0u64;
-    for s in &shards {
+    for s in shards {
+        let index = s.index as u64;
+        let src = Path::new(&s.uri);
         let written = rewrite_shard(
-            Path::new(&s.uri),
+            src,
             &out,
-            s.index as u64,
+            index,
             &scored.scores,
-            &cut,
+            cut,
             &sheet_keys,
             &mut sheet,
         )?;
-        rows += written.rows;
-        for (status, n) in &written.by_status {
+        rows += written.stats.rows;
+        for (status, n) in &written.stats.by_status {
             *summary.by_status.entry(status.clone()).or_default() += n;
         }
-        registry
-            .register_shard(
-                version.id,
-                NewShard {
-                    index: s.index,
-                    uri: shard::parquet_path(&out, s.index as u64)
-                        .display()
-                        .to_string(),
-                    rows: written.rows as i64,
-                    stats: serde_json::to_value(&written)?,
-                },
-            )
-            .await?;
+        let shard = NewShard {
+            index: s.index,
+            uri: dataset::parquet_path(&out, index).display().to_string(),
+            rows: written.stats.rows as i64,
+            stats: serde_json::to_value(&written)?,
+        };
+        registry.register_shard(version.id, shard).await?;
     }
     if rows != summary.rows {
         bail!(
@@ -276,7 +289,7 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
         keys.iter().filter_map(|k| sheet.get(k).cloned()).collect()
     };
     report::write_contact_sheet(&out, &pick(&sheet_keys.0), &pick(&sheet_keys.1))?;
-    write_file(
+    dataset::write_atomic(
         &out.join("scores.svg"),
         report::histograms_svg(&summary.histograms, cut.min_kept_score).as_bytes(),
     )?;
@@ -284,18 +297,29 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
     summary.version_id = Some(version.id);
     summary.output = Some(out.display().to_string());
     summary.contact_sheet = Some(out.join("contact_sheet.html").display().to_string());
-    let stats = serde_json::to_value(&summary)?;
-    write_file(
+    let stats = serde_json::to_value(&*summary)?;
+    dataset::write_atomic(
         &out.join("filter.json"),
         &serde_json::to_vec_pretty(&stats)?,
     )?;
-    registry.finish_dataset_version(version.id, stats).await?;
-    Ok(summary)
+    registry.finish_dataset_version(version.id, stats).await
 }
 
-/// Writes `bytes` to `path` atomically.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    shard::write_atomic(path, bytes)
+/// The filtered version's lineage: its source, the checkpoint, the score and the cut.
+fn lineage(job: &FilterJob, source: &DatasetVersion, summary: &Summary) -> serde_json::Value {
+    let (selection_key, selection_value) = match summary.selection {
+        Selection::KeepFraction(f) => ("keep_fraction", f),
+        Selection::Threshold(t) => ("threshold", t),
+    };
+    json!({
+        "source": summary.source,
+        "source_version_id": source.id,
+        "checkpoint_id": summary.checkpoint_id,
+        "checkpoint_sha256": summary.checkpoint_sha256,
+        "score": job.score.column(),
+        selection_key: selection_value,
+        "batch_size": job.batch_size,
+    })
 }
 
 /// The keys of the `n` lowest- and `n` highest-scored pairs, lowest first in each.
@@ -305,15 +329,6 @@ fn sheet_keys(column: &[(String, f32)], n: usize) -> (Vec<String>, Vec<String>) 
     let n = n.min(order.len() / 2);
     let keys = |s: &[&(String, f32)]| s.iter().map(|(k, _)| k.clone()).collect();
     (keys(&order[..n]), keys(&order[order.len() - n..]))
-}
-
-/// What one output shard holds, written as its stats file.
-#[derive(Debug, Serialize)]
-struct ShardCounts {
-    source: String,
-    rows: u64,
-    scored: u64,
-    by_status: BTreeMap<String, u64>,
 }
 
 /// Copies one source shard to `out` with the score columns and the new statuses, and collects
@@ -326,29 +341,23 @@ fn rewrite_shard(
     cut: &Cut,
     sheet_keys: &(Vec<String>, Vec<String>),
     sheet: &mut HashMap<String, SheetPair>,
-) -> Result<ShardCounts> {
+) -> Result<ShardStats> {
     let wanted: HashSet<&String> = sheet_keys.0.iter().chain(&sheet_keys.1).collect();
-    let mut counts = ShardCounts {
-        source: src.display().to_string(),
-        rows: 0,
-        scored: 0,
-        by_status: BTreeMap::new(),
-    };
-    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
-    for batch in shard::read_batches(src, None, None)? {
+    let mut stats = Stats::default();
+    let mut writer: Option<ShardWriter> = None;
+    for batch in dataset::read_batches(src, None, None)? {
         let batch = batch?;
-        let keys = shard::string_col(&batch, shard::KEY)
+        let keys = dataset::string_col(&batch, dataset::KEY)
             .with_context(|| format!("reading keys of {}", src.display()))?;
-        let status = shard::string_col(&batch, shard::STATUS)
+        let status = dataset::string_col(&batch, dataset::STATUS)
             .with_context(|| format!("reading statuses of {}", src.display()))?;
         let mut new_status = Vec::with_capacity(batch.num_rows());
         let mut cols: [Vec<Option<f32>>; 4] = Default::default();
         for r in 0..batch.num_rows() {
             let key = keys.value(r);
-            let st = status.value(r);
             let s = scores.get(key);
             if let Some(s) = s {
-                counts.scored += 1;
+                stats.scored += 1;
                 for (c, v) in cols.iter_mut().zip(s.columns()) {
                     c.push(Some(v));
                 }
@@ -356,58 +365,40 @@ fn rewrite_shard(
                 cols.iter_mut().for_each(|c| c.push(None));
             }
             // A success row stays one when kept; the rest keep their own status.
-            let st = if st == Status::Success.as_str() && !cut.kept.contains(key) {
-                Status::FilteredOut.as_str()
+            let st = Status::parse(status.value(r))
+                .with_context(|| format!("row {key} of {}", src.display()))?;
+            let st = if st == Status::Success && !cut.kept.contains(key) {
+                Status::FilteredOut
             } else {
                 st
             };
-            *counts.by_status.entry(st.to_string()).or_default() += 1;
-            new_status.push(st.to_string());
+            stats.count(st);
+            new_status.push(st.as_str());
             if wanted.contains(&key.to_string()) {
                 sheet.insert(key.to_string(), sheet_pair(&batch, r, key, s)?);
             }
         }
-        counts.rows += batch.num_rows() as u64;
         let batch = with_scores(&batch, new_status, cols)?;
         if writer.is_none() {
-            writer = Some(ArrowWriter::try_new(
-                Vec::new(),
-                batch.schema(),
-                Some(writer_properties()?),
-            )?);
+            writer = Some(ShardWriter::create_with_schema(out, index, batch.schema())?);
         }
         writer
             .as_mut()
             .context("shard writer")?
-            .write(&batch)
+            .write_batch(&batch)
             .with_context(|| format!("writing the filtered copy of {}", src.display()))?;
     }
     let writer = writer.with_context(|| format!("shard {} has no rows", src.display()))?;
-    let bytes = writer
-        .into_inner()
-        .with_context(|| format!("closing the filtered copy of {}", src.display()))?;
-    shard::write_atomic(&shard::parquet_path(out, index), &bytes)?;
-    shard::write_atomic(
-        &shard::stats_path(out, index),
-        &serde_json::to_vec_pretty(&counts)?,
-    )?;
-    Ok(counts)
-}
-
-/// The shard writer's settings (ingest's): zstd, JPEG bytes stored as they are.
-fn writer_properties() -> Result<WriterProperties> {
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_column_compression(ColumnPath::from(shard::JPG), Compression::UNCOMPRESSED)
-        .set_max_row_group_row_count(Some(1024))
-        .build())
+    let mut record = writer.record(stats);
+    record.source = Some(src.display().to_string());
+    writer.finish(record)
 }
 
 /// `batch` with its status column replaced and the four score columns (f32, null where not
 /// scored) set, appended at the end.
 fn with_scores(
     batch: &RecordBatch,
-    status: Vec<String>,
+    status: Vec<&str>,
     scores: [Vec<Option<f32>>; 4],
 ) -> Result<RecordBatch> {
     let schema = batch.schema();
@@ -418,7 +409,7 @@ fn with_scores(
             continue;
         }
         fields.push(field.as_ref().clone());
-        if field.name() == shard::STATUS {
+        if field.name() == dataset::STATUS {
             columns.push(Arc::new(StringArray::from(status.clone())));
         } else {
             columns.push(col.clone());
@@ -440,9 +431,9 @@ fn sheet_pair(
     key: &str,
     s: Option<&PairScores>,
 ) -> Result<SheetPair> {
-    let text = shard::string_col(batch, shard::TEXT)?;
+    let text = dataset::string_col(batch, dataset::TEXT)?;
     let jpg = batch
-        .column_by_name(shard::JPG)
+        .column_by_name(dataset::JPG)
         .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
         .with_context(|| format!("row {key} has no binary jpg column"))?;
     if jpg.is_null(r) {

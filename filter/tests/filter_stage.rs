@@ -3,18 +3,18 @@
 //! queues hold real momentum features and its scores spread), a real SQLite registry. Checks
 //! that scores do not depend on shard order or batch size, the keep-fraction and threshold
 //! semantics, that every input row is in the output, and the recorded lineage.
+use albef_corpus::corpus_to_shards;
+use albef_corpus::generate::{generate, GenerateOptions, Split};
+use albef_dataset as dataset;
 use albef_filter::{
     run, score_dataset, FilterJob, ScoreName, Scorer, Selection, INVARIANCE_TOLERANCE,
     SCORE_COLUMNS,
 };
-use albef_ingest::shard;
 use albef_registry::{NewDatasetVersion, NewShard, Registry};
 use albef_train::checkpoint::{self, DataPosition, TrainerState};
 use albef_train::config::Config;
 use albef_train::data::{self, Loader, LossWeight};
 use albef_train::model::{self, Albef, Precision};
-use albef_train::synth::generate::{generate, GenerateOptions, Split};
-use albef_train::synth::shards::corpus_to_shards;
 use albef_train::trainer::fit::loader_config;
 use albef_train::trainer::{AdamW, AdamWOptions, AlphaRamp, LrSchedule};
 use arrow_array::{Array, Float32Array};
@@ -135,13 +135,13 @@ async fn world() -> World {
         })
         .await
         .unwrap();
-    for i in shard::complete_shards(&data).unwrap() {
+    for i in dataset::complete_shards(&data).unwrap() {
         registry
             .register_shard(
                 version.id,
                 NewShard {
                     index: i as i64,
-                    uri: shard::parquet_path(&data, i).display().to_string(),
+                    uri: dataset::parquet_path(&data, i).display().to_string(),
                     rows: ROWS_PER_SHARD as i64,
                     stats: json!({}),
                 },
@@ -191,14 +191,14 @@ fn job(w: &World, output: &str, selection: Selection) -> FilterJob {
 /// Every row of a dataset folder: key -> (status, score).
 fn read_output(dir: &Path) -> HashMap<String, (String, Option<f32>)> {
     let mut rows = HashMap::new();
-    for i in shard::complete_shards(dir).unwrap() {
-        for batch in shard::read_batches(&shard::parquet_path(dir, i), None, None).unwrap() {
+    for i in dataset::complete_shards(dir).unwrap() {
+        for batch in dataset::read_batches(&dataset::parquet_path(dir, i), None, None).unwrap() {
             let batch = batch.unwrap();
             for c in SCORE_COLUMNS {
                 assert!(batch.column_by_name(c).is_some(), "column {c} missing");
             }
-            let keys = shard::string_col(&batch, shard::KEY).unwrap();
-            let status = shard::string_col(&batch, shard::STATUS).unwrap();
+            let keys = dataset::string_col(&batch, dataset::KEY).unwrap();
+            let status = dataset::string_col(&batch, dataset::STATUS).unwrap();
             let score = batch
                 .column_by_name("score")
                 .unwrap()
@@ -222,11 +222,11 @@ async fn filter_stage_end_to_end() {
     // Invariance: the same rows with the shards in reverse order, another batch size.
     let reordered = w.root.join("reordered");
     std::fs::create_dir_all(&reordered).unwrap();
-    let shards = shard::complete_shards(&w.data).unwrap();
+    let shards = dataset::complete_shards(&w.data).unwrap();
     for (&from, &to) in shards.iter().zip(shards.iter().rev()) {
         std::fs::copy(
-            shard::parquet_path(&w.data, from),
-            shard::parquet_path(&reordered, to),
+            dataset::parquet_path(&w.data, from),
+            dataset::parquet_path(&reordered, to),
         )
         .unwrap();
     }
@@ -390,13 +390,16 @@ async fn filter_stage_end_to_end() {
 
 fn read_output_keys(dir: &Path) -> Vec<String> {
     let mut keys = Vec::new();
-    for i in shard::complete_shards(dir).unwrap() {
-        for batch in
-            shard::read_batches(&shard::parquet_path(dir, i), None, Some(&[shard::KEY][..]))
-                .unwrap()
+    for i in dataset::complete_shards(dir).unwrap() {
+        for batch in dataset::read_batches(
+            &dataset::parquet_path(dir, i),
+            None,
+            Some(&[dataset::KEY][..]),
+        )
+        .unwrap()
         {
             let batch = batch.unwrap();
-            let k = shard::string_col(&batch, shard::KEY).unwrap();
+            let k = dataset::string_col(&batch, dataset::KEY).unwrap();
             keys.extend((0..k.len()).map(|r| k.value(r).to_string()));
         }
     }

@@ -220,10 +220,6 @@ fn rewrite(dir: &Path, s: u64, late: &HashMap<String, LateDuplicate>) -> Result<
         return Ok(());
     };
     // The stats file stays as the pass wrote it; only the Parquet size changes.
-    let mut stats = read_stats(dir, s)?;
-    writer.finish(|bytes| {
-        stats.parquet_bytes = bytes;
-        serde_json::to_value(&stats).expect("stats serialise")
-    })?;
+    writer.finish(read_stats(dir, s)?)?;
     Ok(())
 }

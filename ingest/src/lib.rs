@@ -2,9 +2,8 @@
 //! The stages, one file each, in pipeline order: `source` (read the list) -> `canon` and
 //! `dedup` (skip what was seen) -> `fetch` (download) -> `resizer` (decode, check, resize,
 //! encode) -> `phash`/`dedup` (duplicates by content) -> `shard` (write) with `stats`;
-//! `pipeline` runs them together. `shard` is the dataset format the other stages read.
+//! `pipeline` runs them together. The shard format they write is `albef-dataset`'s.
 pub mod canon;
-pub mod caption;
 pub mod catalog;
 pub mod crossdup;
 pub mod dedup;
@@ -14,9 +13,10 @@ pub mod pipeline;
 pub mod resizer;
 pub mod robots;
 pub mod schedule_worker;
-pub mod shard;
 pub mod source;
-pub mod stats;
+
+use albef_dataset as shard;
+use albef_dataset::{caption, stats};
 
 pub use pipeline::{run, IngestConfig, Lineage, ShardClaims, Summary};
 

@@ -11,7 +11,7 @@ use crate::fetch::{FetchConfig, Fetcher};
 use crate::resizer::{self, ImageConfig, StepTimes};
 use crate::shard::{self, Row, ShardWriter, Status};
 use crate::source::{self, InputSpec};
-use crate::stats::{ShardStats, Stats, StepSeconds};
+use crate::stats::{Stats, StepSeconds};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -386,8 +386,6 @@ struct OpenShard {
     writer: ShardWriter,
     expected: u64,
     stats: Stats,
-    started: chrono::DateTime<chrono::Utc>,
-    clock: Instant,
 }
 
 /// The writer thread: streams rows into their shard files and commits full shards.
@@ -411,8 +409,6 @@ fn write_shards(
                 writer: ShardWriter::create(&dir, shard, &extra)?,
                 expected: shard_size.min(total - shard * shard_size),
                 stats: Stats::default(),
-                started: chrono::Utc::now(),
-                clock: Instant::now(),
             }),
         };
         let status = row.status.unwrap_or(Status::FailedToDownload);
@@ -454,21 +450,9 @@ fn write_shards(
             let s = open.remove(&shard).expect("present");
             let t = Instant::now();
             let mut stats = s.stats;
-            let finished = chrono::Utc::now();
-            let mut record = ShardStats {
-                shard,
-                started_at: s.started.to_rfc3339(),
-                finished_at: finished.to_rfc3339(),
-                duration_s: s.clock.elapsed().as_secs_f64(),
-                parquet_bytes: 0,
-                stats: stats.clone(),
-                late_duplicates: Vec::new(),
-            };
             // The size is known only after closing; the stats file is written after that.
-            s.writer.finish(|bytes| {
-                record.parquet_bytes = bytes;
-                serde_json::to_value(&record).expect("stats serialise")
-            })?;
+            let record = s.writer.record(stats.clone());
+            s.writer.finish(record)?;
             stats.seconds.write += t.elapsed().as_secs_f64();
             all.add(&stats);
             written.push(shard);

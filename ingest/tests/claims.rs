@@ -11,9 +11,9 @@ mod common;
 #[path = "../../registry/tests/common/mod.rs"]
 mod registry_db;
 
+use albef_dataset as dataset;
 use albef_ingest::dedup::{DedupIndex, INDEX_FILE};
 use albef_ingest::schedule_worker::{self, LockOptions};
-use albef_ingest::shard;
 use albef_ingest::{IngestConfig, ShardClaims};
 use albef_registry::Registry;
 use common::*;
@@ -80,8 +80,8 @@ fn start(dir: &Path, name: &str) -> Child {
 
 fn complete_files(out: &Path) -> HashMap<PathBuf, SystemTime> {
     let mut files = HashMap::new();
-    for s in shard::complete_shards(out).unwrap() {
-        for p in [shard::parquet_path(out, s), shard::stats_path(out, s)] {
+    for s in dataset::complete_shards(out).unwrap() {
+        for p in [dataset::parquet_path(out, s), dataset::stats_path(out, s)] {
             let t = std::fs::metadata(&p).unwrap().modified().unwrap();
             files.insert(p, t);
         }
@@ -129,7 +129,7 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
             Err(_) => Vec::new(),
         };
         // Read after the leases: a claim is completed a moment after its shard is committed.
-        let complete = shard::complete_shards(&out).unwrap_or_default();
+        let complete = dataset::complete_shards(&out).unwrap_or_default();
         let held = leases
             .iter()
             .find(|l| l.owner == "a" && !l.done && !complete.contains(&l.unit.parse().unwrap()))
@@ -154,7 +154,9 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
     let before = complete_files(&out);
     let held_shard: u64 = held.parse().unwrap();
     assert!(
-        !shard::complete_shards(&out).unwrap().contains(&held_shard),
+        !dataset::complete_shards(&out)
+            .unwrap()
+            .contains(&held_shard),
         "shard {held_shard} was complete when its worker was killed"
     );
     let hits_before: Vec<usize> = (0..ROWS)
@@ -203,7 +205,7 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
         .iter()
         .filter(|(p, _)| p.extension().is_some_and(|e| e == "parquet"))
     {
-        for row in shard::read_rows(path, None).unwrap() {
+        for row in dataset::read_rows(path, None).unwrap() {
             let i: usize = row.text.strip_prefix("picture ").unwrap().parse().unwrap();
             let p = format!("/img/{i}.jpg");
             assert_eq!(server.hits(&p), hits_before[i], "{p} was fetched again");
@@ -211,11 +213,11 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
     }
     // One row per input row, each a success, and no temporary file left.
     let mut keys = Vec::new();
-    for s in shard::complete_shards(&out).unwrap() {
-        for row in shard::read_rows(&shard::parquet_path(&out, s), None).unwrap() {
+    for s in dataset::complete_shards(&out).unwrap() {
+        for row in dataset::read_rows(&dataset::parquet_path(&out, s), None).unwrap() {
             assert_eq!(
                 row.status,
-                Some(shard::Status::Success),
+                Some(dataset::Status::Success),
                 "{:?}",
                 row.error_message
             );

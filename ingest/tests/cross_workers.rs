@@ -6,10 +6,10 @@
 //! stats file and its Parquet file finish without counting twice.
 mod common;
 
+use albef_dataset::stats::ShardStats;
+use albef_dataset::{self as dataset, ShardWriter, Status};
 use albef_ingest::catalog;
 use albef_ingest::crossdup::dedupe_across_workers;
-use albef_ingest::shard::{self, ShardWriter, Status};
-use albef_ingest::stats::ShardStats;
 use albef_ingest::IngestConfig;
 use albef_registry::Registry;
 use common::*;
@@ -31,7 +31,7 @@ fn config(list: &Path, out: &Path, worker_index: u64) -> IngestConfig {
 }
 
 fn stats(out: &Path, s: u64) -> ShardStats {
-    serde_json::from_str(&std::fs::read_to_string(shard::stats_path(out, s)).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(dataset::stats_path(out, s)).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,11 +86,11 @@ async fn workers_fetching_at_once_still_admit_one_copy_of_each_picture() {
         "the worker that ends last finishes the version"
     );
     let mut rows = Vec::new();
-    for s in shard::complete_shards(&out).unwrap() {
-        rows.extend(shard::read_rows(&shard::parquet_path(&out, s), None).unwrap());
+    for s in dataset::complete_shards(&out).unwrap() {
+        rows.extend(dataset::read_rows(&dataset::parquet_path(&out, s), None).unwrap());
     }
     assert_eq!(rows.len(), ROWS, "one output row per input row");
-    let by_url: HashMap<String, &shard::Row> = rows.iter().map(|r| (r.url.clone(), r)).collect();
+    let by_url: HashMap<String, &dataset::Row> = rows.iter().map(|r| (r.url.clone(), r)).collect();
     let row = |i: usize| by_url[&server.url(&format!("/img/{i}.jpg"))];
     for (copy, first, _) in copies {
         let (c, f) = (row(copy), row(first));
@@ -126,7 +126,7 @@ async fn workers_fetching_at_once_still_admit_one_copy_of_each_picture() {
     assert_eq!(s3.stats.status(Status::Success), 2);
     assert_eq!(
         s3.parquet_bytes,
-        std::fs::metadata(shard::parquet_path(&out, 3))
+        std::fs::metadata(dataset::parquet_path(&out, 3))
             .unwrap()
             .len()
     );
@@ -147,7 +147,7 @@ async fn workers_fetching_at_once_still_admit_one_copy_of_each_picture() {
     // still success there. The next pass rewrites the Parquet file and counts nothing twice.
     let before = stats(&out, 3);
     let mut writer = ShardWriter::rewrite(&out, 3, &[]).unwrap();
-    for mut r in shard::read_rows(&shard::parquet_path(&out, 3), None).unwrap() {
+    for mut r in dataset::read_rows(&dataset::parquet_path(&out, 3), None).unwrap() {
         if before.late_duplicates.iter().any(|d| d.key == r.key) {
             r.status = Some(Status::Success);
             r.dup_of = None;
@@ -156,15 +156,14 @@ async fn workers_fetching_at_once_still_admit_one_copy_of_each_picture() {
         }
         writer.push(r).unwrap();
     }
-    let journal = serde_json::to_value(&before).unwrap();
-    writer.finish(|_| journal).unwrap();
+    writer.finish(before.clone()).unwrap();
     let resumed = dedupe_across_workers(&out, None, distance, &[0, 1, 2, 3]).unwrap();
     assert_eq!((resumed.marked, resumed.rewritten), (0, vec![3]));
     let after = stats(&out, 3);
     assert_eq!(after.stats, before.stats, "no row counted twice");
     assert_eq!(after.late_duplicates, before.late_duplicates);
     for (copy, _, _) in copies.iter().filter(|c| c.0 >= 12) {
-        let r = shard::read_rows(&shard::parquet_path(&out, 3), None)
+        let r = dataset::read_rows(&dataset::parquet_path(&out, 3), None)
             .unwrap()
             .into_iter()
             .find(|r| r.url == server.url(&format!("/img/{copy}.jpg")))

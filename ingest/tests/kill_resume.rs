@@ -7,8 +7,8 @@
 //! `catalog::ingest` call that `albef ingest` makes, against the scripted server of the parent.
 mod common;
 
+use albef_dataset::{self as dataset, Status};
 use albef_ingest::catalog;
-use albef_ingest::shard::{self, Status};
 use albef_ingest::IngestConfig;
 use albef_registry::Registry;
 use common::*;
@@ -48,8 +48,8 @@ async fn ingest(dir: &Path) -> catalog::Outcome {
 /// Modification times of the complete shards' Parquet and stats files.
 fn complete_files(out: &Path) -> HashMap<PathBuf, SystemTime> {
     let mut files = HashMap::new();
-    for s in shard::complete_shards(out).unwrap() {
-        for p in [shard::parquet_path(out, s), shard::stats_path(out, s)] {
+    for s in dataset::complete_shards(out).unwrap() {
+        for p in [dataset::parquet_path(out, s), dataset::stats_path(out, s)] {
             let t = std::fs::metadata(&p).unwrap().modified().unwrap();
             files.insert(p, t);
         }
@@ -102,7 +102,7 @@ async fn killed_run_resumes_with_one_row_per_input() {
     // Kill it once some but not all shards are complete.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = shard::complete_shards(&out).unwrap().len();
+        let done = dataset::complete_shards(&out).unwrap().len();
         if done >= 2 {
             break;
         }
@@ -116,14 +116,14 @@ async fn killed_run_resumes_with_one_row_per_input() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let before = complete_files(&out);
-    let done_before = shard::complete_shards(&out).unwrap();
+    let done_before = dataset::complete_shards(&out).unwrap();
     assert!(
         (done_before.len() as u64) < ROWS as u64 / SHARD_SIZE,
         "killed too late: every shard was already complete"
     );
     // What the kill left: every visible Parquet file is whole (closed before it was renamed).
     for name in names(&out).iter().filter(|n| n.ends_with(".parquet")) {
-        let rows = shard::read_rows(&out.join(name), None)
+        let rows = dataset::read_rows(&out.join(name), None)
             .unwrap_or_else(|e| panic!("{name} is visible but unreadable: {e:#}"));
         assert_eq!(rows.len() as u64, SHARD_SIZE, "{name} is partial");
     }
@@ -159,8 +159,8 @@ async fn killed_run_resumes_with_one_row_per_input() {
     }
 
     let mut rows = Vec::new();
-    for s in shard::complete_shards(&out).unwrap() {
-        rows.extend(shard::read_rows(&shard::parquet_path(&out, s), None).unwrap());
+    for s in dataset::complete_shards(&out).unwrap() {
+        rows.extend(dataset::read_rows(&dataset::parquet_path(&out, s), None).unwrap());
     }
     assert_eq!(rows.len(), ROWS, "one row per input row");
     rows.sort_by(|a, b| a.key.cmp(&b.key));

@@ -206,7 +206,7 @@ fn precision_and_recall_by_distance() {
 /// a shorter side of 1024 px and cut into 4x4 tiles. The tiles are the distinct set (tiles of
 /// one photograph share its light and texture, harder to tell apart than separate photographs)
 /// and each tile gets one copy per transform. A measurement, not a gate: it prints the figures
-/// for the README. `scripts/bench-dedupe-photos` fetches a folder.
+/// for docs/benchmarks.md. `scripts/bench-dedupe-photos` fetches a folder.
 #[test]
 #[ignore = "needs a folder of photographs: scripts/bench-dedupe-photos"]
 fn precision_and_recall_on_photographs() {

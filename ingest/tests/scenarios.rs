@@ -3,9 +3,9 @@
 //! is registered in a real (SQLite) registry, within seconds of the slowest timeout.
 mod common;
 
+use albef_dataset::{self as dataset, Status};
 use albef_ingest::catalog;
 use albef_ingest::fetch::FetchConfig;
-use albef_ingest::shard::{self, Status};
 use albef_ingest::source::InputSpec;
 use albef_ingest::IngestConfig;
 use albef_registry::Registry;
@@ -231,11 +231,11 @@ async fn every_scenario_gets_its_status() {
     assert_eq!(outcome.summary.input_rows, rows.len() as u64);
 
     let mut got = Vec::new();
-    for s in shard::complete_shards(&out).unwrap() {
-        got.extend(shard::read_rows(&shard::parquet_path(&out, s), None).unwrap());
+    for s in dataset::complete_shards(&out).unwrap() {
+        got.extend(dataset::read_rows(&dataset::parquet_path(&out, s), None).unwrap());
     }
     assert_eq!(got.len(), rows.len(), "one output row per input row");
-    let by_note: HashMap<String, &shard::Row> = got
+    let by_note: HashMap<String, &dataset::Row> = got
         .iter()
         .map(|r| (r.extra[0].clone().unwrap(), r))
         .collect();
@@ -322,7 +322,7 @@ async fn every_scenario_gets_its_status() {
     assert_eq!(v.rows, rows.len() as i64);
     assert_eq!(reg.shards(v.id).await.unwrap().len(), 3);
     let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shard::stats_path(&out, 0)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dataset::stats_path(&out, 0)).unwrap()).unwrap();
     assert_eq!(stats["rows"], 8);
     assert!(stats["by_status"]["success"].as_u64().unwrap() >= 4);
 
@@ -357,8 +357,8 @@ async fn every_scenario_gets_its_status() {
         "a URL of version 1 is not fetched again"
     );
     let mut got2 = Vec::new();
-    for s in shard::complete_shards(&out2).unwrap() {
-        got2.extend(shard::read_rows(&shard::parquet_path(&out2, s), None).unwrap());
+    for s in dataset::complete_shards(&out2).unwrap() {
+        got2.extend(dataset::read_rows(&dataset::parquet_path(&out2, s), None).unwrap());
     }
     assert_eq!(got2.len(), grown.len());
     let success2 = got2

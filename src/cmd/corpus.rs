@@ -2,7 +2,7 @@
 //! captions say what is drawn) for tests, benchmarks and the demo. The work is in
 //! `albef_train::synth`.
 use crate::output::{Format, Table};
-use albef_train::synth::{self, GenerateOptions, Split};
+use albef_corpus::{GenerateOptions, Split};
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -49,7 +49,7 @@ pub(super) struct GenerateArgs {
     /// Share of pictures with two objects in a relation ("a red circle above a blue square");
     /// the rest show one object in a named place. 0 gives the easier single-object corpus
     /// (1,728 possible scenes)
-    #[arg(long, default_value_t = synth::PAIR_SHARE)]
+    #[arg(long, default_value_t = albef_corpus::PAIR_SHARE)]
     pair_share: f64,
     /// Multiplies the objects' sizes (1: radii of 7-16% of the picture's side), in [0.25, 2];
     /// larger objects cover more ViT patches and are learnt in fewer steps
@@ -111,7 +111,7 @@ impl CorpusArgs {
 
 /// Writes the corpus `a` asks for and returns what it holds (`albef corpus generate` and the
 /// pipeline's corpus stage).
-pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<synth::Summary> {
+pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<albef_corpus::Summary> {
     let opts = GenerateOptions {
         n: a.n,
         seed: a.seed,
@@ -125,7 +125,7 @@ pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<synth::Summary> 
         threads: a.threads,
     };
     let out = a.out.clone();
-    tokio::task::spawn_blocking(move || synth::generate(&out, &opts))
+    tokio::task::spawn_blocking(move || albef_corpus::generate(&out, &opts))
         .await
         .context("the generator thread panicked")?
 }
@@ -146,14 +146,14 @@ async fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let server = synth::serve(&a.dir, a.addr).await?;
+    let server = albef_corpus::serve(&a.dir, a.addr).await?;
     println!("{}", server.base_url());
     eprintln!(
         "serving {} on {}; URL lists: {} and {}; Ctrl-C stops",
         a.dir.display(),
         server.base_url(),
-        a.dir.join(synth::generate::TRAIN_URLS).display(),
-        a.dir.join(synth::generate::HELDOUT_URLS).display(),
+        a.dir.join(albef_corpus::generate::TRAIN_URLS).display(),
+        a.dir.join(albef_corpus::generate::HELDOUT_URLS).display(),
     );
     tokio::signal::ctrl_c()
         .await
@@ -168,7 +168,7 @@ async fn shards(a: ShardsArgs) -> Result<()> {
     };
     let (dir, out) = (a.dir, a.out.clone());
     let rows = tokio::task::spawn_blocking(move || {
-        synth::corpus_to_shards(&dir, split, &out, a.rows_per_shard)
+        albef_corpus::corpus_to_shards(&dir, split, &out, a.rows_per_shard)
     })
     .await
     .context("the shard writer thread panicked")??;

@@ -16,11 +16,10 @@ use super::ingest::{check_complete, ingest_dataset, IngestArgs};
 use super::train::{TrainArgs, Trained};
 use super::{ckpt, parse_flags, Context};
 use crate::output::{print_json, Format, Table};
-use albef_ingest::shard::{write_atomic, Status};
-use albef_ingest::stats::Stats;
+use albef_dataset::Stats;
+use albef_dataset::{write_atomic, Status};
 use albef_registry::{Registry, RunStatus};
 use albef_train::config::Config;
-use albef_train::synth;
 use albef_train::trainer::tracking::latest_checkpoint;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
@@ -439,7 +438,7 @@ impl Pipeline<'_> {
             Stage::Corpus => s
                 .corpus
                 .as_ref()
-                .filter(|c| c.dir.join(synth::generate::PAIRS_FILE).is_file())
+                .filter(|c| c.dir.join(albef_corpus::generate::PAIRS_FILE).is_file())
                 .map(|c| c.elapsed_s),
             Stage::Ingest => match &s.ingest {
                 Some(d) if self.finished(&d.train).await? && self.finished(&d.heldout).await? => {
@@ -563,18 +562,18 @@ impl Pipeline<'_> {
 
     async fn ingest(&self) -> Result<(DatasetDone, DatasetDone)> {
         let corpus = self.need(&self.state.corpus, "corpus")?;
-        let server = synth::serve(&corpus.dir, "127.0.0.1:0".parse()?).await?;
+        let server = albef_corpus::serve(&corpus.dir, "127.0.0.1:0".parse()?).await?;
         tracing::info!("serving {} on {}", corpus.dir.display(), server.base_url());
         let result = async {
             let train = self
                 .ingest_list(
-                    &corpus.dir.join(synth::generate::TRAIN_URLS),
+                    &corpus.dir.join(albef_corpus::generate::TRAIN_URLS),
                     &self.cfg.name,
                 )
                 .await?;
             let heldout = self
                 .ingest_list(
-                    &corpus.dir.join(synth::generate::HELDOUT_URLS),
+                    &corpus.dir.join(albef_corpus::generate::HELDOUT_URLS),
                     &format!("{}-heldout", self.cfg.name),
                 )
                 .await?;

@@ -14,12 +14,11 @@
 use crate::config::Config;
 use crate::model::weights;
 use crate::trainer::{AdamW, AlphaRamp, LrSchedule};
+use albef_dataset::{hash_file, write_atomic_with};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::{Path, PathBuf};
 use tch::nn;
 
@@ -193,60 +192,21 @@ pub fn load_model(vs: &nn::VarStore, path: &Path) -> Result<()> {
     report.ensure_complete()
 }
 
-/// sha256 (hex) and size of a file.
-pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    Ok((
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        bytes,
-    ))
-}
-
-/// Writes `dir/name` through `write(tmp)`: a temporary name, fsync, rename, fsync of the
-/// folder. Returns the file's manifest entry.
+/// Writes `dir/name` through `write(tmp)` atomically (the dataset crate's publication: a
+/// temporary name, fsync, rename, fsync of the folder). Returns the file's manifest entry.
 fn write_atomic(
     dir: &Path,
     name: &str,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<ManifestEntry> {
-    let tmp = dir.join(format!(".{name}.tmp"));
     let dst = dir.join(name);
-    write(&tmp)?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot fsync {}", tmp.display()))?;
-    let (sha256, bytes) = hash_file(&tmp)?;
-    fs::rename(&tmp, &dst)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
-    sync_dir(dir)?;
+    write_atomic_with(&dst, write)?;
+    let (sha256, bytes) = hash_file(&dst)?;
     Ok(ManifestEntry {
         file: name.to_string(),
         sha256,
         bytes,
     })
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot fsync folder {}", dir.display()))
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

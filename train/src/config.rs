@@ -148,7 +148,8 @@ pub struct TrainConfig {
     /// the scheduled one (1: the official recipe, one rate for every module). From scratch on
     /// the synthetic corpus, the ViT trained on place and shape labels alone learns them faster
     /// at 3e-4 than at 1e-3, while the whole model learns far more slowly at 3e-4 than at 1e-3:
-    /// 0.3 at a peak of 1e-3 gives each side its rate (README, Benchmarks).
+    /// 0.3 at a peak of 1e-3 gives each side its rate (docs/research-log.md, "48 px pictures
+    /// and the image encoder's rate").
     #[serde(default = "default_one")]
     pub vision_lr_scale: f64,
     /// Final learning rate of the cosine decay.

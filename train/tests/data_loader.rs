@@ -2,13 +2,11 @@
 //! corpus or row by row), the real BERT tokenizer and real tch tensors: determinism for a seed
 //! whatever the thread count, shuffling across shards, rank sharding, padding and truncation,
 //! normalisation, same-image masking, corrupt rows and empty datasets.
-use albef_train::data::augment::Rgb;
+use albef_corpus::render::{encode_jpeg, Rgb};
+use albef_corpus::{corpus_to_shards, generate, success_row, GenerateOptions, Split};
+use albef_dataset::{Row, Status};
 use albef_train::data::augment::{CLIP_MEAN, CLIP_STD};
 use albef_train::data::{Batch, Loader, LoaderConfig, Mode};
-use albef_train::synth::render::encode_jpeg;
-use albef_train::synth::{
-    corpus_to_shards, generate, write_shard, GenerateOptions, ShardRow, Split,
-};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -73,8 +71,13 @@ fn solid_jpeg(colour: [u8; 3], size: usize) -> Vec<u8> {
     .unwrap()
 }
 
-fn row(key: &str, caption: &str, jpg: Vec<u8>) -> ShardRow {
-    ShardRow::success(
+/// Writes `rows` as shard 0 of the version in `dir`.
+fn write_shard(dir: &Path, rows: Vec<Row>) -> anyhow::Result<()> {
+    albef_corpus::write_shard(dir, 0, &[], rows)
+}
+
+fn row(key: &str, caption: &str, jpg: Vec<u8>) -> Row {
+    success_row(
         key.into(),
         format!("http://example.test/{key}.jpg"),
         caption,
@@ -226,12 +229,12 @@ fn augmented_images_have_the_shape_and_range_of_normalised_pixels() {
 fn normalisation_uses_clip_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let colours = [[0u8, 0, 0], [255, 255, 255], [200, 100, 50]];
-    let rows: Vec<ShardRow> = colours
+    let rows: Vec<Row> = colours
         .iter()
         .enumerate()
         .map(|(i, &c)| row(&format!("{i:03}"), "a plain picture", solid_jpeg(c, 40)))
         .collect();
-    write_shard(&dir.path().join("00000.parquet"), &rows).unwrap();
+    write_shard(dir.path(), rows).unwrap();
     let loader = Loader::open(
         dir.path(),
         LoaderConfig {
@@ -267,7 +270,7 @@ fn captions_are_cleaned_truncated_and_padded_to_the_longest() {
         row("b", long, jpg()),
         row("c", "Blue-green square", jpg()),
     ];
-    write_shard(&dir.path().join("00000.parquet"), &rows).unwrap();
+    write_shard(dir.path(), rows).unwrap();
     let eval = |max_tokens| LoaderConfig {
         mode: Mode::Eval,
         max_tokens,
@@ -310,7 +313,7 @@ fn captions_of_one_picture_are_masked_as_negatives() {
         row("b2", "all blue", blue),
         row("r3", "red again", red),
     ];
-    write_shard(&dir.path().join("00000.parquet"), &rows).unwrap();
+    write_shard(dir.path(), rows).unwrap();
     let loader = Loader::open(
         dir.path(),
         LoaderConfig {
@@ -332,7 +335,7 @@ fn captions_of_one_picture_are_masked_as_negatives() {
 #[test]
 fn corrupt_jpegs_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rows: Vec<ShardRow> = (0..10)
+    let mut rows: Vec<Row> = (0..10)
         .map(|i| {
             row(
                 &format!("good{i}"),
@@ -352,7 +355,7 @@ fn corrupt_jpegs_are_skipped_and_counted() {
         bad.jpg = Some(bytes);
         rows.insert(3 + 4 * i, bad);
     }
-    write_shard(&dir.path().join("00000.parquet"), &rows).unwrap();
+    write_shard(dir.path(), rows).unwrap();
     let loader = Loader::open(dir.path(), config(4)).unwrap();
     let batches = all(&loader, 0);
     assert_eq!(batches.len(), 3);
@@ -373,17 +376,17 @@ fn an_empty_dataset_is_an_error_that_names_the_folder() {
         "{text}"
     );
 
-    let failed = ShardRow {
+    let failed = Row {
         key: "0".into(),
         url: "http://example.test/0.jpg".into(),
-        caption: "x".into(),
+        caption: Some("x".into()),
         text: "x".into(),
-        status: "failed_to_download".into(),
+        status: Some(Status::FailedToDownload),
         error_message: Some("HTTP 404".into()),
         http_status: Some(404),
         ..Default::default()
     };
-    write_shard(&dir.path().join("00000.parquet"), &[failed]).unwrap();
+    write_shard(dir.path(), vec![failed]).unwrap();
     let e = Loader::open(dir.path(), config(4)).err().unwrap();
     let text = format!("{e:#}");
     assert!(

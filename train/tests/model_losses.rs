@@ -1,4 +1,4 @@
-//! The semantics of the pretraining losses (ALBEF.md, "One pretraining step"): distillation
+//! The semantics of the pretraining losses (docs/albef.md): distillation
 //! targets, the momentum update, the queue, hard negatives, MLM masking, and where gradients
 //! flow. Runs on the micro config of the parity fixtures.
 use albef_train::config::{check_queue, Config};

@@ -8,10 +8,10 @@
 //! coordinator thread reads the groups and hands out batch jobs through a bounded queue; the
 //! workers send finished batches through a bounded channel and `Epoch` puts them back in order.
 use super::augment::{augment, decode_jpeg, normalise_into, resize_full, AugmentConfig, Rgb};
-use super::rng::rng;
-use super::shards::{read_rows, DatasetIndex, Rows, Sample};
 use super::tokenize::TextEncoder;
+use super::version::{read_rows, DatasetIndex, Rows, Sample};
 use super::weight::LossWeight;
+use albef_dataset::seed::rng;
 use anyhow::{bail, Context, Result};
 use fast_image_resize::Resizer;
 use std::collections::{BTreeMap, HashSet};

@@ -2,7 +2,7 @@
 //! `tokenizer.json`. The file's own truncation (128) and fixed padding (128) are replaced: each
 //! caption is truncated to `max_tokens` ([CLS] and [SEP] included) and a batch is padded to its
 //! longest caption, as the reference's `padding='longest', truncation=True` does.
-use albef_ingest::caption::pre_caption;
+use albef_dataset::caption::pre_caption;
 use anyhow::{anyhow, Context, Result};
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};

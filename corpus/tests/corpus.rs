@@ -1,7 +1,7 @@
 //! The synthetic corpus: deterministic for a seed, noise and duplicates as asked and recorded,
 //! a clean held-out split with distinct captions, and served over real HTTP on 127.0.0.1.
-use albef_train::synth::generate::{DupKind, HELDOUT_URLS, TRAIN_URLS};
-use albef_train::synth::{generate, read_pairs, serve, GenerateOptions, Split};
+use albef_corpus::generate::{DupKind, HELDOUT_URLS, TRAIN_URLS};
+use albef_corpus::{generate, read_pairs, serve, GenerateOptions, Split};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
@@ -103,7 +103,7 @@ fn noise_duplicates_and_heldout_are_as_asked_and_recorded() {
                 DupKind::Near => {
                     near += 1;
                     assert_ne!(copy, original);
-                    let (width, _) = albef_train::synth::shards::jpeg_size(&copy).unwrap();
+                    let (width, _) = albef_corpus::dataset::jpeg_size(&copy).unwrap();
                     assert_eq!(width, 96 * 85 / 100);
                 }
             }

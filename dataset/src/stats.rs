@@ -1,6 +1,8 @@
-//! The logger stage: counts per shard (by status, HTTP status, error kind, dedupe layer), bytes
-//! and per-step timings, written as `{shard}.stats.json` and summed into the run summary.
-use crate::shard::Status;
+//! The one stats shape of a shard, `{shard}.stats.json`, written by every stage that writes
+//! shards (ingest, filter, the synthetic corpus): rows by status and, for ingest, by HTTP
+//! status, error kind and dedupe layer, bytes and per-step timings; summed into a version's
+//! totals.
+use crate::schema::Status;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,7 +44,14 @@ pub struct Stats {
     /// Rows fetched (not caught by URL dedupe or malformed), and rows whose bytes were decoded.
     pub fetched: u64,
     pub decoded: u64,
+    /// Rows the filter stage scored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scored: u64,
     pub seconds: StepSeconds,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Stats {
@@ -72,6 +81,7 @@ impl Stats {
         self.retries += o.retries;
         self.fetched += o.fetched;
         self.decoded += o.decoded;
+        self.scored += o.scored;
         self.seconds.add(&o.seconds);
     }
 
@@ -94,6 +104,9 @@ pub struct ShardStats {
     pub parquet_bytes: u64,
     #[serde(flatten)]
     pub stats: Stats,
+    /// The shard this one was made from (the filter stage's copy of a source shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Rows found to repeat a row of another worker when the version was finished (see
     /// `crossdup`), already counted in `stats`; the journal of that pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -133,6 +146,7 @@ mod tests {
             duration_s: 1.5,
             parquet_bytes: 10,
             stats: b,
+            source: None,
             late_duplicates: Vec::new(),
         };
         let json = serde_json::to_string(&s).unwrap();

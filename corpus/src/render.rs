@@ -2,10 +2,17 @@
 //! distances (one pixel of anti-aliasing at the edge), which is fast enough for thousands of
 //! pictures a second and needs no drawing library.
 use super::scene::{Object, Scene, Shape, BACKGROUNDS, COLOURS};
-pub use crate::data::augment::Rgb;
 use anyhow::{Context, Result};
 use image::codecs::jpeg::JpegEncoder;
 use image::ExtendedColorType;
+
+/// A rendered picture: RGB, 8 bits a channel, rows top to bottom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rgb {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
 
 pub fn render(scene: &Scene, size: usize) -> Rgb {
     let background = tinted(BACKGROUNDS[scene.background].1, scene.background_tint);
@@ -107,7 +114,7 @@ pub fn encode_jpeg(image: &Rgb, quality: u8) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::scene::Layout;
+    use crate::scene::Layout;
 
     #[test]
     fn a_shape_is_drawn_in_its_colour_where_it_is() {
@@ -139,7 +146,7 @@ mod tests {
 
     #[test]
     fn shading_varies_the_background_within_its_bounds() {
-        let wave = |fx, fy, amplitude| crate::synth::scene::Wave {
+        let wave = |fx, fy, amplitude| crate::scene::Wave {
             fx,
             fy,
             phase: 0.3,
@@ -150,7 +157,7 @@ mod tests {
             background_tint: [0; 3],
             shading: [wave(1.0, 0.0, 18.0), wave(0.5, 2.0, 12.0)],
             layout: Layout::Pair {
-                relation: crate::synth::scene::Relation::Above,
+                relation: crate::scene::Relation::Above,
             },
             objects: vec![],
         };

@@ -6,7 +6,7 @@
 //! request, so that the dedupe and filter stages have something real to find.
 use super::render::{encode_jpeg, render};
 use super::scene::{Scene, PAIR_SHARE, TEMPLATES};
-use crate::data::rng::rng;
+use albef_dataset::seed::rng;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::fs;
@@ -119,8 +119,70 @@ enum Job<'a> {
     Near(&'a Scene),
 }
 
+/// Generates the corpus described by `opts` into `dir`: pictures, `pairs.tsv` and the URL lists.
 pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
     let started = Instant::now();
+    validate(opts)?;
+    let images = dir.join("images");
+    fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
+    let train_count = opts.n - opts.heldout;
+    let (scenes, templates) = sample_scenes(opts, train_count)?;
+    let mut pairs: Vec<Pair> = (0..opts.n)
+        .map(|i| {
+            let caption = scenes[i].caption(templates[i]);
+            Pair {
+                path: path_of(i),
+                caption: caption.clone(),
+                true_caption: caption,
+                split: if i < train_count {
+                    Split::Train
+                } else {
+                    Split::Heldout
+                },
+                dup_of: None,
+            }
+        })
+        .collect();
+    let mut jobs: Vec<Job> = scenes.iter().map(Job::Full).collect();
+    add_duplicates(
+        opts,
+        train_count,
+        &scenes,
+        &templates,
+        &mut pairs,
+        &mut jobs,
+    );
+    swap_captions(opts, &mut pairs);
+    write_images(dir, opts, &pairs, &jobs)?;
+
+    // Publish the rows in a shuffled order, so that duplicates are not next to their originals.
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    rng(&[opts.seed, 3]).shuffle(&mut order);
+    let ordered: Vec<Pair> = order.into_iter().map(|i| pairs[i].clone()).collect();
+    write_pairs(dir, &ordered)?;
+    write_url_lists(dir, &opts.base_url)?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    let count = |f: &dyn Fn(&Pair) -> bool| pairs.iter().filter(|p| f(p)).count();
+    Ok(Summary {
+        dir: dir.to_path_buf(),
+        train_rows: count(&|p| p.split == Split::Train),
+        heldout_rows: count(&|p| p.split == Split::Heldout),
+        exact_duplicates: count(&|p| matches!(p.dup_of, Some((_, DupKind::Exact)))),
+        near_duplicates: count(&|p| matches!(p.dup_of, Some((_, DupKind::Near)))),
+        noisy_rows: count(&|p| !p.clean()),
+        seconds,
+        images_per_second: pairs.len() as f64 / seconds.max(1e-9),
+    })
+}
+
+/// The picture file of row `i`.
+fn path_of(i: usize) -> String {
+    format!("images/{i:08}.jpg")
+}
+
+/// Refuses options outside their ranges, naming the flag.
+fn validate(opts: &GenerateOptions) -> Result<()> {
     if opts.n == 0 || opts.heldout >= opts.n {
         bail!(
             "--n {} must be positive and larger than the held-out count {}",
@@ -143,12 +205,12 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
     if !(32..=1024).contains(&opts.image_size) {
         bail!("--image-size {} must lie in 32..=1024", opts.image_size);
     }
-    let images = dir.join("images");
-    fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
+    Ok(())
+}
 
-    // Scenes first (cheap, sequential: held-out scenes must be distinct from each other, in
-    // any phrasing, so that no held-out caption fits two held-out pictures).
-    let train_count = opts.n - opts.heldout;
+/// One scene and caption template per row (cheap, sequential: held-out scenes must be distinct
+/// from each other, in any phrasing, so that no held-out caption fits two held-out pictures).
+fn sample_scenes(opts: &GenerateOptions, train_count: usize) -> Result<(Vec<Scene>, Vec<usize>)> {
     let mut scenes = Vec::with_capacity(opts.n);
     let mut templates = Vec::with_capacity(opts.n);
     let mut heldout_scenes = HashSet::new();
@@ -176,26 +238,18 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
             break;
         }
     }
-    let path_of = |i: usize| format!("images/{i:08}.jpg");
-    let mut pairs: Vec<Pair> = (0..opts.n)
-        .map(|i| {
-            let caption = scenes[i].caption(templates[i]);
-            Pair {
-                path: path_of(i),
-                caption: caption.clone(),
-                true_caption: caption,
-                split: if i < train_count {
-                    Split::Train
-                } else {
-                    Split::Heldout
-                },
-                dup_of: None,
-            }
-        })
-        .collect();
-    let mut jobs: Vec<Job> = scenes.iter().map(Job::Full).collect();
+    Ok((scenes, templates))
+}
 
-    // Duplicates of training pictures, said in another phrasing.
+/// Duplicates of training pictures (alternately exact and near), said in another phrasing.
+fn add_duplicates<'a>(
+    opts: &GenerateOptions,
+    train_count: usize,
+    scenes: &'a [Scene],
+    templates: &[usize],
+    pairs: &mut Vec<Pair>,
+    jobs: &mut Vec<Job<'a>>,
+) {
     let dups = (opts.dup_frac * train_count as f64).round() as usize;
     let mut originals: Vec<usize> = (0..train_count).collect();
     rng(&[opts.seed, 1]).shuffle(&mut originals);
@@ -218,8 +272,10 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
             DupKind::Near => Job::Near(&scenes[of]),
         });
     }
+}
 
-    // Noise: a random subset of training rows passes its captions around in a circle.
+/// Noise: a random subset of training rows passes its captions around in a circle.
+fn swap_captions(opts: &GenerateOptions, pairs: &mut [Pair]) {
     let mut train_rows: Vec<usize> = (0..pairs.len())
         .filter(|&i| pairs[i].split == Split::Train)
         .collect();
@@ -232,28 +288,6 @@ pub fn generate(dir: &Path, opts: &GenerateOptions) -> Result<Summary> {
             pairs[i].caption = captions[(k + 1) % captions.len()].clone();
         }
     }
-
-    write_images(dir, opts, &pairs, &jobs)?;
-
-    // Publish the rows in a shuffled order, so that duplicates are not next to their originals.
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    rng(&[opts.seed, 3]).shuffle(&mut order);
-    let ordered: Vec<Pair> = order.into_iter().map(|i| pairs[i].clone()).collect();
-    write_pairs(dir, &ordered)?;
-    write_url_lists(dir, &opts.base_url)?;
-
-    let seconds = started.elapsed().as_secs_f64();
-    let count = |f: &dyn Fn(&Pair) -> bool| pairs.iter().filter(|p| f(p)).count();
-    Ok(Summary {
-        dir: dir.to_path_buf(),
-        train_rows: count(&|p| p.split == Split::Train),
-        heldout_rows: count(&|p| p.split == Split::Heldout),
-        exact_duplicates: count(&|p| matches!(p.dup_of, Some((_, DupKind::Exact)))),
-        near_duplicates: count(&|p| matches!(p.dup_of, Some((_, DupKind::Near)))),
-        noisy_rows: count(&|p| !p.clean()),
-        seconds,
-        images_per_second: pairs.len() as f64 / seconds.max(1e-9),
-    })
 }
 
 /// Renders and writes every picture, split over `opts.threads` threads.

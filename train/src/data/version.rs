@@ -1,17 +1,17 @@
-//! Reading a dataset version: a folder of Parquet shards in the format of DESIGN.md. Opening it
+//! Reading a dataset version for training: a folder of Parquet shards in the format of
+//! `albef-dataset` (docs/architecture.md, The shard format), read through its reader. Opening it
 //! reads only the `status` column of every shard (and `score` for score-weighted training) to
 //! count the usable rows the epoch order is made of; the pictures and captions of a group of
 //! shards are read when the loader reaches it. Columns are found by name and may be
 //! Utf8/LargeUtf8/Utf8View or Binary/LargeBinary/BinaryView.
-use super::rng::derive_seed;
+use albef_dataset::read::{binary_at, column, read_present, string_at};
+use albef_dataset::seed::derive_seed;
+use albef_dataset::{Status, CAPTION, JPG, KEY, SCORE, SHA256, STATUS, TEXT};
 use anyhow::{bail, Context, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Which rows of a dataset version make training pairs.
@@ -28,8 +28,11 @@ pub enum Rows {
 impl Rows {
     fn admits(self, status: Option<&str>) -> bool {
         match self {
-            Rows::Success => status == Some("success"),
-            Rows::Scored => matches!(status, Some("success" | "filtered_out")),
+            Rows::Success => status == Some(Status::Success.as_str()),
+            Rows::Scored => {
+                status == Some(Status::Success.as_str())
+                    || status == Some(Status::FilteredOut.as_str())
+            }
         }
     }
 
@@ -40,9 +43,6 @@ impl Rows {
         }
     }
 }
-
-/// The filter's score column.
-pub const SCORE: &str = "score";
 
 /// One shard and how many of its rows are usable.
 #[derive(Clone, Debug)]
@@ -121,32 +121,12 @@ impl DatasetIndex {
     }
 }
 
-fn open_reader(
-    path: &Path,
-    columns: &[&str],
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("reading the Parquet footer of {}", path.display()))?;
-    let present: Vec<&str> = columns
-        .iter()
-        .copied()
-        .filter(|c| builder.schema().column_with_name(c).is_some())
-        .collect();
-    let mask = ProjectionMask::columns(builder.parquet_schema(), present);
-    builder
-        .with_projection(mask)
-        .with_batch_size(1024)
-        .build()
-        .with_context(|| format!("reading {}", path.display()))
-}
-
 /// Counts the usable rows of a shard; for [`Rows::Scored`] also collects their scores.
 fn count_usable(path: &Path, rows: Rows, scores: &mut Vec<f32>) -> Result<usize> {
     let mut count = 0;
-    for batch in open_reader(path, &["status", SCORE])? {
+    for batch in read_present(path, &[STATUS, SCORE])? {
         let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-        let status = column(&batch, "status", path)?;
+        let status = column(&batch, STATUS, path)?;
         let score = score_column(&batch, rows, path)?;
         for i in 0..batch.num_rows() {
             if rows.admits(string_at(status, i)) {
@@ -160,18 +140,18 @@ fn count_usable(path: &Path, rows: Rows, scores: &mut Vec<f32>) -> Result<usize>
 
 /// The usable rows of one shard, in file order.
 pub fn read_rows(path: &Path, rows: Rows) -> Result<Vec<Sample>> {
-    let wanted = ["key", "text", "caption", "status", "jpg", "sha256", SCORE];
+    let wanted = [KEY, TEXT, CAPTION, STATUS, JPG, SHA256, SCORE];
     let mut samples = Vec::new();
-    for batch in open_reader(path, &wanted)? {
+    for batch in read_present(path, &wanted)? {
         let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-        let status = column(&batch, "status", path)?;
-        let key = column(&batch, "key", path)?;
-        let jpg = column(&batch, "jpg", path)?;
-        let text = match batch.column_by_name("text") {
+        let status = column(&batch, STATUS, path)?;
+        let key = column(&batch, KEY, path)?;
+        let jpg = column(&batch, JPG, path)?;
+        let text = match batch.column_by_name(TEXT) {
             Some(text) => text.as_ref(),
-            None => column(&batch, "caption", path)?,
+            None => column(&batch, CAPTION, path)?,
         };
-        let sha256 = batch.column_by_name("sha256");
+        let sha256 = batch.column_by_name(SHA256);
         let score = score_column(&batch, rows, path)?;
         for i in 0..batch.num_rows() {
             let status = string_at(status, i);
@@ -240,35 +220,4 @@ fn image_id(sha256: Option<&str>, key: &str) -> i64 {
         let words: Vec<u64> = key.bytes().map(u64::from).collect();
         (derive_seed(&words) >> 1) as i64
     })
-}
-
-fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a dyn Array> {
-    batch
-        .column_by_name(name)
-        .map(|c| c.as_ref())
-        .with_context(|| format!("{} has no `{name}` column", path.display()))
-}
-
-fn string_at(column: &dyn Array, i: usize) -> Option<&str> {
-    if column.is_null(i) {
-        return None;
-    }
-    match column.data_type() {
-        DataType::Utf8 => Some(column.as_string::<i32>().value(i)),
-        DataType::LargeUtf8 => Some(column.as_string::<i64>().value(i)),
-        DataType::Utf8View => Some(column.as_string_view().value(i)),
-        _ => None,
-    }
-}
-
-fn binary_at(column: &dyn Array, i: usize) -> Option<&[u8]> {
-    if column.is_null(i) {
-        return None;
-    }
-    match column.data_type() {
-        DataType::Binary => Some(column.as_binary::<i32>().value(i)),
-        DataType::LargeBinary => Some(column.as_binary::<i64>().value(i)),
-        DataType::BinaryView => Some(column.as_binary_view().value(i)),
-        _ => None,
-    }
 }
