@@ -5,8 +5,8 @@
 use crate::crossdup;
 use crate::dedup::INDEX_FILE;
 use crate::pipeline::{self, IngestConfig, Lineage, Summary};
-use crate::shard;
-use crate::stats::ShardStats;
+use albef_dataset as dataset;
+use albef_dataset::ShardStats;
 use albef_registry::{DatasetVersion, NewDatasetVersion, NewShard, Registry};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,7 @@ async fn open_version(
         version_id: version.id,
         version: version.version,
     };
-    shard::write_atomic(&marker_path, &serde_json::to_vec_pretty(&marker)?)?;
+    dataset::write_atomic(&marker_path, &serde_json::to_vec_pretty(&marker)?)?;
     Ok(version)
 }
 
@@ -111,7 +111,7 @@ async fn register(
     version: &DatasetVersion,
     expected: u64,
 ) -> Result<bool> {
-    let complete = shard::complete_shards(&cfg.output)?;
+    let complete = dataset::complete_shards(&cfg.output)?;
     let finished = complete.len() as u64 == expected && version.status == "BUILDING";
     if finished && cfg.dedupe {
         let (cfg, lineage, complete) = (cfg.clone(), lineage.clone(), complete.clone());
@@ -140,9 +140,9 @@ async fn register(
         .context("the dedupe index thread panicked")?
         .context("saving the version's dedupe index")?;
     }
-    let mut total = crate::stats::Stats::default();
+    let mut total = albef_dataset::Stats::default();
     for &s in &complete {
-        let path = shard::stats_path(&cfg.output, s);
+        let path = dataset::stats_path(&cfg.output, s);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let stats: ShardStats = serde_json::from_str(&text)
@@ -152,7 +152,7 @@ async fn register(
             version.id,
             NewShard {
                 index: s as i64,
-                uri: shard::parquet_path(&cfg.output, s).display().to_string(),
+                uri: dataset::parquet_path(&cfg.output, s).display().to_string(),
                 rows: stats.stats.rows as i64,
                 stats: serde_json::to_value(&stats)?,
             },
@@ -209,54 +209,7 @@ pub async fn ingest(
     };
     let mut summary = pipeline::run(&cfg, &lineage, stop.clone()).await?;
     if let Some(claims) = &cfg.claims {
-        // Pass again while some shard is incomplete and claimable (never claimed, or its
-        // worker's lease ran out); wait while the rest are held by live workers, and until
-        // every claim of a complete shard is marked done.
-        let expected = summary.input_rows.div_ceil(cfg.shard_size);
-        while !summary.interrupted && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let complete: std::collections::HashSet<u64> =
-                shard::complete_shards(&cfg.output)?.into_iter().collect();
-            let leases: std::collections::HashMap<String, albef_registry::UnitLease> = claims
-                .reg
-                .unit_leases(&claims.scope)
-                .await?
-                .into_iter()
-                .map(|l| (l.unit.clone(), l))
-                .collect();
-            // A shard committed by a worker that died before it marked its claim done: this
-            // worker takes the claim over and marks it.
-            for s in &complete {
-                let unit = s.to_string();
-                if leases.get(&unit).is_some_and(|l| !l.done && l.expired)
-                    && claims
-                        .reg
-                        .try_claim_unit(&claims.scope, &unit, &claims.owner, claims.lease)
-                        .await?
-                {
-                    claims
-                        .reg
-                        .complete_unit(&claims.scope, &unit, &claims.owner)
-                        .await?;
-                }
-            }
-            let open: Vec<Option<&albef_registry::UnitLease>> = (0..expected)
-                .filter(|s| !complete.contains(s))
-                .map(|s| leases.get(&s.to_string()))
-                .collect();
-            if open.iter().any(|l| l.is_none_or(|l| !l.done && l.expired)) {
-                summary.absorb(pipeline::run(&cfg, &lineage, stop.clone()).await?);
-            } else if open.iter().any(|l| l.is_some_and(|l| !l.done))
-                || complete
-                    .iter()
-                    .any(|s| leases.get(&s.to_string()).is_some_and(|l| !l.done))
-            {
-                tokio::time::sleep((claims.lease / 4).min(Duration::from_secs(1))).await;
-            } else {
-                // Complete or marked done by their workers (a done shard's files are theirs
-                // to commit; nothing is left for this worker).
-                break;
-            }
-        }
+        pass_until_complete(&cfg, claims, &lineage, &mut summary, &stop).await?;
     }
 
     let expected = summary.input_rows.div_ceil(cfg.shard_size);
@@ -281,4 +234,62 @@ pub async fn ingest(
         finished: finished || version.status == "FINISHED",
         summary,
     })
+}
+
+/// With shard claims: passes again over the list while some shard is incomplete and claimable
+/// (never claimed, or its worker's lease ran out); waits while the rest are held by live
+/// workers, and until every claim of a complete shard is marked done.
+async fn pass_until_complete(
+    cfg: &IngestConfig,
+    claims: &pipeline::ShardClaims,
+    lineage: &Lineage,
+    summary: &mut Summary,
+    stop: &Arc<AtomicBool>,
+) -> Result<()> {
+    let expected = summary.input_rows.div_ceil(cfg.shard_size);
+    while !summary.interrupted && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let complete: std::collections::HashSet<u64> =
+            dataset::complete_shards(&cfg.output)?.into_iter().collect();
+        let leases: std::collections::HashMap<String, albef_registry::UnitLease> = claims
+            .reg
+            .unit_leases(&claims.scope)
+            .await?
+            .into_iter()
+            .map(|l| (l.unit.clone(), l))
+            .collect();
+        // A shard committed by a worker that died before it marked its claim done: this
+        // worker takes the claim over and marks it.
+        for s in &complete {
+            let unit = s.to_string();
+            if leases.get(&unit).is_some_and(|l| !l.done && l.expired)
+                && claims
+                    .reg
+                    .try_claim_unit(&claims.scope, &unit, &claims.owner, claims.lease)
+                    .await?
+            {
+                claims
+                    .reg
+                    .complete_unit(&claims.scope, &unit, &claims.owner)
+                    .await?;
+            }
+        }
+        let open: Vec<Option<&albef_registry::UnitLease>> = (0..expected)
+            .filter(|s| !complete.contains(s))
+            .map(|s| leases.get(&s.to_string()))
+            .collect();
+        if open.iter().any(|l| l.is_none_or(|l| !l.done && l.expired)) {
+            summary.absorb(pipeline::run(cfg, lineage, stop.clone()).await?);
+        } else if open.iter().any(|l| l.is_some_and(|l| !l.done))
+            || complete
+                .iter()
+                .any(|s| leases.get(&s.to_string()).is_some_and(|l| !l.done))
+        {
+            tokio::time::sleep((claims.lease / 4).min(Duration::from_secs(1))).await;
+        } else {
+            // Complete or marked done by their workers (a done shard's files are theirs
+            // to commit; nothing is left for this worker).
+            break;
+        }
+    }
+    Ok(())
 }

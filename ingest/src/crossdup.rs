@@ -12,8 +12,8 @@
 //! write it.
 use crate::dedup::DedupIndex;
 use crate::pipeline::content_dup_message;
-use crate::shard::{self, Row, ShardWriter, Status};
-use crate::stats::{LateDuplicate, ShardStats};
+use albef_dataset::{self as dataset, Row, ShardWriter, Status};
+use albef_dataset::{LateDuplicate, ShardStats};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -47,57 +47,20 @@ pub fn dedupe_across_workers(
     let mut named: Vec<HashSet<String>> = Vec::new();
     let mut late: HashMap<String, LateDuplicate> = HashMap::new();
     for &s in shards {
-        let stats_path = shard::stats_path(dir, s);
         let mut stats = read_stats(dir, s)?;
         let journal: HashSet<&str> = stats
             .late_duplicates
             .iter()
             .map(|d| d.key.as_str())
             .collect();
-        let parquet = shard::parquet_path(dir, s);
-        let mut found = Vec::new();
-        let mut pending = false;
-        let mut dup_of = HashSet::new();
-        for batch in shard::read_batches(&parquet, None, None)? {
-            for row in shard::batch_rows(&batch?)? {
-                if row.status == Some(Status::Success) && journal.contains(row.key.as_str()) {
-                    pending = true;
-                } else if let Some(d) = check_row(&mut index, &row, phash_distance)
-                    .with_context(|| format!("row {} of {}", row.key, parquet.display()))?
-                {
-                    found.push(d);
-                }
-                if let (Some(Status::Duplicate), Some(first)) = (row.status, row.dup_of) {
-                    dup_of.insert(first);
-                }
-                let canon = crate::canon::canonical(&row.url).ok();
-                index.add_existing(
-                    &row.key,
-                    canon.as_ref().map(|u| u.as_str()),
-                    &row.text,
-                    None,
-                );
-            }
-        }
-        named.push(dup_of);
-        if pending || !found.is_empty() {
+        let scan = scan_shard(dir, s, &journal, &mut index, phash_distance)?;
+        named.push(scan.dup_of);
+        if scan.pending || !scan.found.is_empty() {
             to_mark.push(s);
         }
-        if !found.is_empty() {
-            marked += found.len() as u64;
-            for (d, bytes) in &found {
-                let st = &mut stats.stats;
-                for (status, delta) in [(Status::Success, -1i64), (Status::Duplicate, 1)] {
-                    let n = st.by_status.entry(status.as_str().into()).or_default();
-                    *n = n.saturating_add_signed(delta);
-                }
-                *st.dedupe.entry(d.kind.clone()).or_default() += 1;
-                st.bytes_kept = st.bytes_kept.saturating_sub(*bytes);
-            }
-            stats
-                .late_duplicates
-                .extend(found.into_iter().map(|(d, _)| d));
-            shard::write_atomic(&stats_path, &serde_json::to_vec_pretty(&stats)?)?;
+        if !scan.found.is_empty() {
+            marked += scan.found.len() as u64;
+            write_journal(dir, s, &mut stats, scan.found)?;
         }
         late.extend(
             stats
@@ -123,8 +86,83 @@ pub fn dedupe_across_workers(
     })
 }
 
+/// What the pass found in one shard.
+struct ShardScan {
+    /// Success rows that repeat an earlier row, with their JPEG's size.
+    found: Vec<(LateDuplicate, u64)>,
+    /// Whether rows listed by a killed pass are still marked success.
+    pending: bool,
+    /// The rows the shard's own duplicates name as their first copy.
+    dup_of: HashSet<String>,
+}
+
+/// Checks the rows of shard `s` against `index` and adds them to it; the success rows listed
+/// in the shard's `journal` are not checked again.
+fn scan_shard(
+    dir: &Path,
+    s: u64,
+    journal: &HashSet<&str>,
+    index: &mut DedupIndex,
+    phash_distance: Option<u32>,
+) -> Result<ShardScan> {
+    let parquet = dataset::parquet_path(dir, s);
+    let mut scan = ShardScan {
+        found: Vec::new(),
+        pending: false,
+        dup_of: HashSet::new(),
+    };
+    for batch in dataset::read_batches(&parquet, None, None)? {
+        for row in dataset::batch_rows(&batch?)? {
+            if row.status == Some(Status::Success) && journal.contains(row.key.as_str()) {
+                scan.pending = true;
+            } else if let Some(d) = check_row(index, &row, phash_distance)
+                .with_context(|| format!("row {} of {}", row.key, parquet.display()))?
+            {
+                scan.found.push(d);
+            }
+            if let (Some(Status::Duplicate), Some(first)) = (row.status, row.dup_of) {
+                scan.dup_of.insert(first);
+            }
+            let canon = crate::canon::canonical(&row.url).ok();
+            index.add_existing(
+                &row.key,
+                canon.as_ref().map(|u| u.as_str()),
+                &row.text,
+                None,
+            );
+        }
+    }
+    Ok(scan)
+}
+
+/// Moves the rows `found` from success to duplicate in shard `s`'s counts, lists them in its
+/// `late_duplicates` and writes its stats file (the pass's journal) atomically.
+fn write_journal(
+    dir: &Path,
+    s: u64,
+    stats: &mut ShardStats,
+    found: Vec<(LateDuplicate, u64)>,
+) -> Result<()> {
+    for (d, bytes) in &found {
+        let st = &mut stats.stats;
+        for (status, delta) in [(Status::Success, -1i64), (Status::Duplicate, 1)] {
+            let n = st.by_status.entry(status.as_str().into()).or_default();
+            *n = n.saturating_add_signed(delta);
+        }
+        *st.dedupe.entry(d.kind.clone()).or_default() += 1;
+        st.bytes_kept = st.bytes_kept.saturating_sub(*bytes);
+    }
+    stats
+        .late_duplicates
+        .extend(found.into_iter().map(|(d, _)| d));
+    dataset::write_atomic(
+        &dataset::stats_path(dir, s),
+        &serde_json::to_vec_pretty(&*stats)?,
+    )
+}
+
 fn read_stats(dir: &Path, s: u64) -> Result<ShardStats> {
-    let path = shard::stats_path(dir, s);
+    let path = dataset::stats_path(dir, s);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text)
@@ -177,9 +215,9 @@ fn hex_bytes(s: &str) -> Option<[u8; 32]> {
 /// Rewrites shard `s`: the rows in `late` marked as duplicates, and duplicates of a row in
 /// `late` pointed at that row's first copy.
 fn rewrite(dir: &Path, s: u64, late: &HashMap<String, LateDuplicate>) -> Result<()> {
-    let parquet = shard::parquet_path(dir, s);
+    let parquet = dataset::parquet_path(dir, s);
     let mut writer: Option<ShardWriter> = None;
-    for batch in shard::read_batches(&parquet, None, None)? {
+    for batch in dataset::read_batches(&parquet, None, None)? {
         let batch = batch?;
         if writer.is_none() {
             let extra: Vec<String> = batch
@@ -187,12 +225,12 @@ fn rewrite(dir: &Path, s: u64, late: &HashMap<String, LateDuplicate>) -> Result<
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
-                .filter(|n| !shard::COLUMNS.contains(&n.as_str()))
+                .filter(|n| !dataset::COLUMNS.contains(&n.as_str()))
                 .collect();
             writer = Some(ShardWriter::rewrite(dir, s, &extra)?);
         }
         let w = writer.as_mut().expect("set above");
-        for mut row in shard::batch_rows(&batch)? {
+        for mut row in dataset::batch_rows(&batch)? {
             match (row.status, late.get(&row.key)) {
                 (Some(Status::Success), Some(d)) => {
                     row.status = Some(Status::Duplicate);

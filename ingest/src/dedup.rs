@@ -230,7 +230,7 @@ impl DedupIndex {
             buf.write_all(&id.to_le_bytes())?;
         }
         let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-        crate::shard::write_atomic(path, &bytes)
+        albef_dataset::write_atomic(path, &bytes)
     }
 
     /// Reads an index written by [`save`](DedupIndex::save).

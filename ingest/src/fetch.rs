@@ -152,6 +152,17 @@ fn classify(e: &reqwest::Error) -> (&'static str, bool) {
     }
 }
 
+/// A failed request or body read, as `classify` tells: transient (retried) or fatal.
+fn failed(e: &reqwest::Error, message: String, http_status: Option<u16>) -> Attempt {
+    let (kind, transient) = classify(e);
+    let e = err(kind, message, http_status);
+    if transient {
+        Attempt::Transient(e, None)
+    } else {
+        Attempt::Fatal(e)
+    }
+}
+
 impl Fetcher {
     pub fn new(cfg: FetchConfig) -> anyhow::Result<Fetcher> {
         let user_agent = user_agent(cfg.user_agent_token.as_deref());
@@ -267,48 +278,82 @@ impl Fetcher {
         }
     }
 
-    async fn attempt(&self, url: &Url) -> Attempt {
-        let send = self
-            .client
+    /// A GET of `url` with our User-Agent.
+    fn request(&self, url: &Url) -> reqwest::RequestBuilder {
+        self.client
             .get(url.clone())
             .header(USER_AGENT, &self.user_agent)
-            .send();
+    }
+
+    /// One request: sends it, classifies the response, and streams the body within the limit.
+    async fn attempt(&self, url: &Url) -> Attempt {
+        let send = self.request(url).send();
         // reqwest's timeout covers the body too; this outer one also bounds a stalled DNS lookup.
         let budget = self.cfg.timeout + Duration::from_millis(200);
         let started = Instant::now();
-        let mut resp = match tokio::time::timeout(budget, send).await {
+        let resp = match tokio::time::timeout(budget, send).await {
             Err(_) => return Attempt::Transient(err("timeout", "request timed out", None), None),
             Ok(Err(e)) => {
-                let (kind, transient) = classify(&e);
-                let e = err(kind, format!("{e}"), e.status().map(|s| s.as_u16()));
-                return if transient {
-                    Attempt::Transient(e, None)
-                } else {
-                    Attempt::Fatal(e)
-                };
+                return failed(&e, format!("{e}"), e.status().map(|s| s.as_u16()));
             }
             Ok(Ok(r)) => r,
         };
+        let declared = match self.classify_response(&resp) {
+            Ok(declared) => declared,
+            Err(ended) => return ended,
+        };
+        self.read_body(resp, declared, started + budget).await
+    }
+
+    /// Whether a response's body is worth reading: `Ok` with its declared length when it is,
+    /// else how the attempt ends (HTTP errors, an opt-out by X-Robots-Tag, a body declared
+    /// larger than the limit).
+    fn classify_response(&self, resp: &reqwest::Response) -> Result<Option<u64>, Attempt> {
         let status = resp.status().as_u16();
         if status == 429 {
             let after = retry_after(resp.headers());
-            return Attempt::Transient(
+            return Err(Attempt::Transient(
                 err("http_429", "HTTP 429 Too Many Requests", Some(status)),
                 after,
-            );
+            ));
         }
         if resp.status().is_server_error() {
             let after = retry_after(resp.headers());
-            return Attempt::Transient(
+            return Err(Attempt::Transient(
                 err("http_5xx", format!("HTTP {status}"), Some(status)),
                 after,
-            );
+            ));
         }
         if !resp.status().is_success() {
-            return Attempt::Fatal(err("http_4xx", format!("HTTP {status}"), Some(status)));
+            return Err(Attempt::Fatal(err(
+                "http_4xx",
+                format!("HTTP {status}"),
+                Some(status),
+            )));
         }
-        let tags: Vec<&str> = resp
+        self.check_robots_tag(resp.headers(), status)?;
+        let declared = resp
             .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = self.cfg.max_body_bytes;
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Attempt::Fatal(err(
+                "too_large",
+                format!(
+                    "body of {} bytes exceeds the limit of {limit}",
+                    declared.unwrap_or(0)
+                ),
+                Some(status),
+            )));
+        }
+        Ok(declared)
+    }
+
+    /// Ends the attempt as an opt-out when the X-Robots-Tag headers forbid use.
+    fn check_robots_tag(&self, headers: &HeaderMap, status: u16) -> Result<(), Attempt> {
+        let tags: Vec<&str> = headers
             .get_all("x-robots-tag")
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -318,34 +363,30 @@ impl Fetcher {
             self.cfg.user_agent_token.as_deref(),
             &self.cfg.disallowed_directives,
         ) {
-            return Attempt::Fatal(FetchError {
+            return Err(Attempt::Fatal(FetchError {
                 opted_out: true,
                 ..err(
                     "x_robots_tag",
                     format!("use disallowed by X-Robots-Tag: {}", tags.join("; ")),
                     Some(status),
                 )
-            });
+            }));
         }
-        let declared = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        Ok(())
+    }
+
+    /// Streams the body until `deadline`, failing as soon as it grows past the size limit.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        declared: Option<u64>,
+        deadline: Instant,
+    ) -> Attempt {
+        let status = resp.status().as_u16();
         let limit = self.cfg.max_body_bytes;
-        if declared.is_some_and(|n| n > limit) {
-            return Attempt::Fatal(err(
-                "too_large",
-                format!(
-                    "body of {} bytes exceeds the limit of {limit}",
-                    declared.unwrap_or(0)
-                ),
-                Some(status),
-            ));
-        }
         let mut bytes = Vec::with_capacity(declared.unwrap_or(64 << 10).min(limit) as usize);
         loop {
-            let left = budget.saturating_sub(started.elapsed());
+            let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, resp.chunk()).await {
                 Err(_) => {
                     return Attempt::Transient(
@@ -353,15 +394,7 @@ impl Fetcher {
                         None,
                     )
                 }
-                Ok(Err(e)) => {
-                    let (kind, transient) = classify(&e);
-                    let e = err(kind, format!("reading the body: {e}"), Some(status));
-                    return if transient {
-                        Attempt::Transient(e, None)
-                    } else {
-                        Attempt::Fatal(e)
-                    };
-                }
+                Ok(Err(e)) => return failed(&e, format!("reading the body: {e}"), Some(status)),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => {
                     if bytes.len() as u64 + chunk.len() as u64 > limit {
@@ -387,13 +420,7 @@ impl Fetcher {
         let mut robots_url = url.clone();
         robots_url.set_path("/robots.txt");
         robots_url.set_query(None);
-        let resp = self
-            .client
-            .get(robots_url)
-            .header(USER_AGENT, &self.user_agent)
-            .send()
-            .await
-            .ok()?;
+        let resp = self.request(&robots_url).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }

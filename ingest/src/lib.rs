@@ -1,8 +1,8 @@
 //! albef-ingest: turns URL lists of image-text pairs into a dataset version (Parquet shards).
 //! The stages, one file each, in pipeline order: `source` (read the list) -> `canon` and
 //! `dedup` (skip what was seen) -> `fetch` (download) -> `resizer` (decode, check, resize,
-//! encode) -> `phash`/`dedup` (duplicates by content) -> `shard` (write) with `stats`;
-//! `pipeline` runs them together. The shard format they write is `albef-dataset`'s.
+//! encode) -> `phash`/`dedup` (duplicates by content) -> the writer; `pipeline` runs them
+//! together. The shards they write are in `albef-dataset`'s format.
 pub mod canon;
 pub mod catalog;
 pub mod crossdup;

@@ -267,27 +267,7 @@ async fn run_job(
     // The job stops when the scheduler is stopped or when another worker took the job over.
     let job_stop = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicBool::new(false));
-    let heartbeat = {
-        let (reg, claim, lease) = (reg.clone(), claim.clone(), opts.lease);
-        let (job_stop, lost, stop) = (job_stop.clone(), lost.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                if stop.load(Ordering::Relaxed) {
-                    job_stop.store(true, Ordering::Relaxed);
-                }
-                match reg.heartbeat(&claim, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        lost.store(true, Ordering::SeqCst);
-                        job_stop.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    Err(e) => tracing::warn!(job = claim.job.id, "heartbeat failed: {e:#}"),
-                }
-            }
-        })
-    };
+    let heartbeat = spawn_heartbeat(reg, opts.lease, claim, stop, &job_stop, &lost);
     let outcome = ingest_exclusive(
         reg,
         &job.dataset,
@@ -331,4 +311,35 @@ async fn run_job(
         "stats": outcome.summary.stats,
     });
     Ok((stats, outcome.version_id))
+}
+
+/// Renews the job's lease every third of `lease` while it runs: sets `job_stop` when the
+/// scheduler is stopped, and `lost` and `job_stop` when another worker took the job over.
+fn spawn_heartbeat(
+    reg: &Registry,
+    lease: Duration,
+    claim: &Claim,
+    stop: &Arc<AtomicBool>,
+    job_stop: &Arc<AtomicBool>,
+    lost: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (reg, claim) = (reg.clone(), claim.clone());
+    let (job_stop, lost, stop) = (job_stop.clone(), lost.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            if stop.load(Ordering::Relaxed) {
+                job_stop.store(true, Ordering::Relaxed);
+            }
+            match reg.heartbeat(&claim, lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.store(true, Ordering::SeqCst);
+                    job_stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => tracing::warn!(job = claim.job.id, "heartbeat failed: {e:#}"),
+            }
+        }
+    })
 }
