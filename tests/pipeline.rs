@@ -5,7 +5,7 @@
 //! filtered version, the promoted alias, the promotion event). A third skips every stage and
 //! reports the same outputs, `--from promote` reruns only the promotion (the checkpoint already
 //! holds the alias, so nothing moves), and an edited config is refused.
-use albef_registry::Registry;
+use albef_registry::{Registry, RunStatus};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -254,11 +254,11 @@ min_r1_t2i = 0.0
     for key in ["train_raw", "train_filtered"] {
         let run = rt.block_on(reg.run(json_i64(&first[key]["run"]))).unwrap();
         assert_eq!(run.experiment, "pipeline-tiny");
-        assert_eq!(run.status.as_str(), "FINISHED");
+        assert_eq!(run.status, RunStatus::Finished);
     }
     assert_eq!(
-        rt.block_on(reg.run(1)).unwrap().status.as_str(),
-        "KILLED",
+        rt.block_on(reg.run(1)).unwrap().status,
+        RunStatus::Killed,
         "the interrupted run"
     );
     assert_eq!(first["train_raw"]["run"], 2, "the continuation of run 1");

@@ -5,7 +5,7 @@
 //! twice (the shards committed before the kill keep their files, and their URLs were fetched
 //! once). Also: two overlapping `albef ingest` runs on one dataset, the second refused by the
 //! dataset lock with a message naming the holder.
-use albef_registry::Registry;
+use albef_registry::{DatasetStatus, Registry};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -257,8 +257,8 @@ fn kill_and_take_over(registry: &str, dir: &Path) {
         let versions = reg.dataset_versions(Some("web")).await.unwrap();
         assert_eq!(versions.len(), 1, "one dataset version: {versions:?}");
         assert_eq!(
-            (versions[0].status.as_str(), versions[0].rows),
-            ("FINISHED", ROWS as i64)
+            (versions[0].status, versions[0].rows),
+            (DatasetStatus::Finished, ROWS as i64)
         );
         let shards = reg.shards(versions[0].id).await.unwrap();
         let idx: Vec<i64> = shards.iter().map(|s| s.index).collect();
@@ -321,7 +321,10 @@ fn overlapping_ingests_are_refused(registry: &str, dir: &Path) {
     check(first.wait_with_output().unwrap(), "first ingest");
     check(third.wait_with_output().unwrap(), "third ingest");
     let versions = rt.block_on(reg.dataset_versions(Some("shared"))).unwrap();
-    let finished = versions.iter().filter(|v| v.status == "FINISHED").count();
+    let finished = versions
+        .iter()
+        .filter(|v| v.status == DatasetStatus::Finished)
+        .count();
     assert_eq!(finished, 2, "{versions:?}");
 }
 

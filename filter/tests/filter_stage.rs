@@ -10,7 +10,7 @@ use albef_filter::{
     run, score_dataset, FilterJob, ScoreName, Scorer, Selection, INVARIANCE_TOLERANCE,
     SCORE_COLUMNS,
 };
-use albef_registry::{NewDatasetVersion, NewShard, Registry};
+use albef_registry::{DatasetStatus, NewDatasetVersion, NewShard, Registry};
 use albef_train::checkpoint::{self, DataPosition, TrainerState};
 use albef_train::config::Config;
 use albef_train::data::{self, Loader, LossWeight};
@@ -348,7 +348,7 @@ async fn filter_stage_end_to_end() {
     // Lineage in the registry.
     let v = w.registry.dataset_version("synth@2").await.unwrap();
     assert_eq!(v.stage, "filter");
-    assert_eq!(v.status, "FINISHED");
+    assert_eq!(v.status, DatasetStatus::Finished);
     assert_eq!(v.parent_id, Some(summary.source_version_id));
     assert_eq!(v.params["checkpoint_id"], json!(w.checkpoint_id));
     let ckpt = w.registry.checkpoint(w.checkpoint_id).await.unwrap();

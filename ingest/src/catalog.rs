@@ -7,7 +7,7 @@ use crate::dedup::INDEX_FILE;
 use crate::pipeline::{self, IngestConfig, Lineage, Summary};
 use albef_dataset as dataset;
 use albef_dataset::ShardStats;
-use albef_registry::{DatasetVersion, NewDatasetVersion, NewShard, Registry};
+use albef_registry::{DatasetStatus, DatasetVersion, NewDatasetVersion, NewShard, Registry};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -78,7 +78,7 @@ async fn open_version(
         .dataset_versions(None)
         .await?
         .into_iter()
-        .filter(|v| v.dataset == dataset && v.status == "FINISHED")
+        .filter(|v| v.dataset == dataset && v.status == DatasetStatus::Finished)
         .max_by_key(|v| v.version);
     let version = reg
         .create_dataset_version(NewDatasetVersion {
@@ -112,7 +112,7 @@ async fn register(
     expected: u64,
 ) -> Result<bool> {
     let complete = dataset::complete_shards(&cfg.output)?;
-    let finished = complete.len() as u64 == expected && version.status == "BUILDING";
+    let finished = complete.len() as u64 == expected && version.status == DatasetStatus::Building;
     if finished && cfg.dedupe {
         let (cfg, lineage, complete) = (cfg.clone(), lineage.clone(), complete.clone());
         tokio::task::spawn_blocking(move || {
@@ -218,7 +218,7 @@ pub async fn ingest(
         // Workers sharing the list register concurrently; the one that finishes the version
         // has registered every shard, and the others may then fail on it.
         Err(e) if cfg.claims.is_some() || cfg.num_workers > 1 => {
-            if reg.dataset_version_by_id(version.id).await?.status != "FINISHED" {
+            if reg.dataset_version_by_id(version.id).await?.status != DatasetStatus::Finished {
                 return Err(e);
             }
             false
@@ -231,7 +231,7 @@ pub async fn ingest(
         version_id: version.id,
         uri,
         parent_id: version.parent_id,
-        finished: finished || version.status == "FINISHED",
+        finished: finished || version.status == DatasetStatus::Finished,
         summary,
     })
 }

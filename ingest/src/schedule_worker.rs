@@ -1,7 +1,7 @@
 //! The scheduler's workers, and the dataset lock around every ingest.
 //!
 //! [`run_scheduler`] runs a ticker and N workers over the registry's job queue
-//! (`albef_registry::scheduler`): the ticker enqueues due schedules (catch-up policy: all ticks
+//! (`albef_registry::jobs`): the ticker enqueues due schedules (catch-up policy: all ticks
 //! missed while nothing ran give ONE run, then the cron cadence resumes; a tick that falls while
 //! the schedule's job is queued or running waits for it, so at most one run of a schedule exists
 //! at a time); each worker claims a due job with a lease, renews the lease by heartbeat while the
@@ -17,7 +17,7 @@
 //! the second waits up to `lock_wait`, then exits with a message naming the holder.
 use crate::catalog::{self, Outcome};
 use crate::pipeline::IngestConfig;
-use albef_registry::scheduler::{Claim, Retry};
+use albef_registry::jobs::{Claim, Retry};
 use albef_registry::Registry;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};

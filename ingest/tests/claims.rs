@@ -15,7 +15,7 @@ use albef_dataset as dataset;
 use albef_ingest::dedup::{DedupIndex, INDEX_FILE};
 use albef_ingest::schedule_worker::{self, LockOptions};
 use albef_ingest::{IngestConfig, ShardClaims};
-use albef_registry::Registry;
+use albef_registry::{DatasetStatus, Registry};
 use common::*;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -179,7 +179,7 @@ async fn workers_share_shards_and_take_over_a_dead_ones() {
 
     // Every shard done once in the registry; the dead worker's shard taken over by b.
     let v = reg.dataset_version("shared@1").await.unwrap();
-    assert_eq!(v.status, "FINISHED");
+    assert_eq!(v.status, DatasetStatus::Finished);
     assert_eq!(v.rows, ROWS as i64);
     let leases = reg
         .unit_leases(&format!("ingest-shards:{}", v.id))

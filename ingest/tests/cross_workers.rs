@@ -11,7 +11,7 @@ use albef_dataset::{self as dataset, ShardWriter, Status};
 use albef_ingest::catalog;
 use albef_ingest::crossdup::dedupe_across_workers;
 use albef_ingest::IngestConfig;
-use albef_registry::Registry;
+use albef_registry::{DatasetStatus, Registry};
 use common::*;
 use image::imageops::{self, FilterType};
 use std::collections::HashMap;
@@ -131,7 +131,7 @@ async fn workers_fetching_at_once_still_admit_one_copy_of_each_picture() {
             .len()
     );
     let version = reg.dataset_version("web@1").await.unwrap();
-    assert_eq!(version.status, "FINISHED");
+    assert_eq!(version.status, DatasetStatus::Finished);
     let total = version.stats.unwrap();
     assert_eq!(total["by_status"]["success"], (ROWS - copies.len()) as u64);
     assert_eq!(total["by_status"]["duplicate"], copies.len() as u64);

@@ -10,7 +10,7 @@ mod common;
 use albef_dataset::{self as dataset, Status};
 use albef_ingest::catalog;
 use albef_ingest::IngestConfig;
-use albef_registry::Registry;
+use albef_registry::{DatasetStatus, Registry};
 use common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -207,7 +207,7 @@ async fn killed_run_resumes_with_one_row_per_input() {
         .await
         .unwrap();
     let v = reg.dataset_version("killed").await.unwrap();
-    assert_eq!(v.status, "FINISHED");
+    assert_eq!(v.status, DatasetStatus::Finished);
     assert_eq!(v.rows, ROWS as i64);
     assert_eq!(
         reg.shards(v.id).await.unwrap().len(),

@@ -8,7 +8,7 @@ use albef_ingest::catalog;
 use albef_ingest::fetch::FetchConfig;
 use albef_ingest::source::InputSpec;
 use albef_ingest::IngestConfig;
-use albef_registry::Registry;
+use albef_registry::{DatasetStatus, Registry};
 use common::*;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -318,7 +318,7 @@ async fn every_scenario_gets_its_status() {
 
     // Registered: the version, its shards (3 of 8 rows), finished.
     let v = reg.dataset_version("web").await.unwrap();
-    assert_eq!(v.status, "FINISHED");
+    assert_eq!(v.status, DatasetStatus::Finished);
     assert_eq!(v.rows, rows.len() as i64);
     assert_eq!(reg.shards(v.id).await.unwrap().len(), 3);
     let stats: serde_json::Value =

@@ -1,6 +1,15 @@
-//! albef-registry: the store every stage writes to. Runs, params, tags and metric history (with a
-//! per-run summary), checkpoints, models, aliases and their promotion history, dataset versions
-//! and shards, and work leases, on Postgres or on an embedded SQLite file behind one async API.
+//! albef-registry: the store every stage writes to, on Postgres or on an embedded SQLite file
+//! behind one async API ([`Registry`]). One module per area:
+//!
+//! - [`tracking`]: experiments, runs, params, tags, metric history and summaries, run search and
+//!   the dashboards' read-only views;
+//! - [`models`]: checkpoints, models and their aliases, promotion with gates, rollback;
+//! - [`datasets`]: dataset versions and their shards, the dataset lock;
+//! - [`jobs`]: ingestion schedules, the job queue, work leases, cron expressions;
+//! - [`query`]: the filter language of run search and promotion gates (lexer, parser, SQL);
+//! - `http` (feature `http`): the JSON API and web page of `albef serve`.
+//!
+//! `db` holds the connection, the migrations and the one query API over both backends.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -13,31 +22,25 @@
 //! reg.finish_run(run, RunStatus::Finished).await?;
 //! # Ok(()) }
 //! ```
-mod checkpoints;
-pub mod cron;
-mod dataset_lock;
-mod datasets;
 mod db;
-pub mod filter;
+mod sqlite_raw;
+mod status;
+
+pub mod datasets;
 #[cfg(feature = "http")]
 pub mod http;
-mod leases;
-mod metrics;
-mod promotion;
-mod runs;
-pub mod scheduler;
-mod search;
-mod sqlite_raw;
-pub mod views;
+pub mod jobs;
+pub mod models;
+pub mod query;
+pub mod tracking;
 
-pub use checkpoints::Checkpoint;
-pub use dataset_lock::{process_owner, DatasetLock, DATASET_LOCK_SCOPE};
-pub use datasets::{DatasetVersion, NewDatasetVersion, NewShard, Shard};
-pub use leases::UnitLease;
-pub use metrics::{MetricWriter, MetricWriterOptions};
-pub use promotion::{Gate, PromotionEvent, PromotionRequest};
-pub use runs::{MetricPoint, MetricSummary, Run, RunDetail, RunStatus};
-pub use search::{RunSearch, SearchHit, MAX_SEARCH_RESULTS};
+// The types most callers need, so that `use albef_registry::{Registry, RunStatus}` reads as before.
+pub use datasets::{DatasetStatus, DatasetVersion, NewDatasetVersion, NewShard};
+pub use jobs::{process_owner, UnitLease};
+pub use models::{Checkpoint, PromotionEvent, PromotionRequest};
+pub use tracking::{
+    MetricPoint, MetricSummary, MetricWriter, MetricWriterOptions, Run, RunSearch, RunStatus,
+};
 
 use anyhow::Result;
 
@@ -71,6 +74,29 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The longest key (param, tag, metric, dataset or stage name) the registry accepts.
+pub(crate) const MAX_KEY_LEN: usize = 250;
+
+/// Refuses an empty key or one longer than [`MAX_KEY_LEN`]; `kind` names it in the error.
+pub(crate) fn check_key(kind: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        anyhow::bail!("{kind} name is empty");
+    }
+    if key.len() > MAX_KEY_LEN {
+        anyhow::bail!("{kind} name {key:?} is longer than {MAX_KEY_LEN} bytes");
+    }
+    Ok(())
+}
+
+/// This machine's host name, when it has one.
+pub(crate) fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Maps a database error to a readable one when it is a known constraint; otherwise keeps it.

@@ -1,6 +1,6 @@
 //! Dataset versions, lineage and shards, and work leases, on both backends.
 mod common;
-use albef_registry::{NewDatasetVersion, NewShard};
+use albef_registry::{DatasetStatus, NewDatasetVersion, NewShard};
 use common::{err_text, on_both};
 use serde_json::json;
 use std::time::Duration;
@@ -20,7 +20,7 @@ async fn versions_lineage_and_shards() {
     on_both(|env| async move {
         let reg = env.reg;
         let v1 = reg.create_dataset_version(version(None, "ingest")).await?;
-        assert_eq!((v1.version, v1.status.as_str()), (1, "BUILDING"));
+        assert_eq!((v1.version, v1.status), (1, DatasetStatus::Building));
         for i in 0..3 {
             reg.register_shard(
                 v1.id,

@@ -2,7 +2,7 @@
 //! workers, an expired lease is taken over (and the history says so), one active job per
 //! schedule with the catch-up policy, retries with backoff, and the dataset lock.
 mod common;
-use albef_registry::scheduler::{backoff, Retry};
+use albef_registry::jobs::{backoff, JobRunStatus, JobStatus, Retry};
 use albef_registry::{now_ms, Registry};
 use common::{err_text, on_both};
 use serde_json::json;
@@ -48,7 +48,7 @@ async fn concurrent_workers_never_share_a_job() {
         );
         assert_eq!(unique, queued);
         for job in reg.jobs(None).await? {
-            assert_eq!((job.status.as_str(), job.attempts), ("RUNNING", 1));
+            assert_eq!((job.status, job.attempts), (JobStatus::Running, 1));
             assert_eq!(reg.job_runs(job.id).await?.len(), 1);
         }
         Ok(())
@@ -81,18 +81,24 @@ async fn an_expired_lease_is_taken_over_and_the_history_shows_it() {
         assert!(!reg.finish_job(&a, &json!({"rows": 1}), None).await?);
         assert!(reg.finish_job(&b, &json!({"rows": 7}), None).await?);
         let runs = reg.job_runs(job).await?;
-        let summary: Vec<(&str, &str, i64)> = runs
+        let summary: Vec<(&str, JobRunStatus, i64)> = runs
             .iter()
-            .map(|r| (r.owner.as_str(), r.status.as_str(), r.attempt))
+            .map(|r| (r.owner.as_str(), r.status, r.attempt))
             .collect();
         assert_eq!(
             summary,
-            [("worker-a", "LOST", 1), ("worker-b", "SUCCEEDED", 2)]
+            [
+                ("worker-a", JobRunStatus::Lost, 1),
+                ("worker-b", JobRunStatus::Succeeded, 2)
+            ]
         );
         let lost = runs[0].error.as_deref().unwrap();
         assert!(lost.contains("taken over by worker-b"), "{lost}");
         assert_eq!(runs[1].stats, Some(json!({"rows": 7})));
-        assert_eq!(reg.jobs(Some("nightly")).await?[0].status, "SUCCEEDED");
+        assert_eq!(
+            reg.jobs(Some("nightly")).await?[0].status,
+            JobStatus::Succeeded
+        );
         assert!(reg.claim_job("worker-c", LONG).await?.is_none());
         Ok(())
     })
@@ -123,24 +129,24 @@ async fn one_active_job_per_schedule_and_one_catch_up_run() {
         let c = reg.claim_job("w", LONG).await?.unwrap();
         assert!(reg.enqueue_due(later, 3).await?.is_empty());
         assert_eq!(
-            reg.schedule("hourly").await?.last_status.as_deref(),
-            Some("RUNNING")
+            reg.schedule("hourly").await?.last_status,
+            Some(JobStatus::Running)
         );
         assert!(reg.finish_job(&c, &json!({}), None).await?);
         // Done: the waiting tick gives one catch-up job.
         assert_eq!(reg.enqueue_due(later, 3).await?.len(), 1);
         let listed = reg.schedule("hourly").await?;
         assert_eq!(
-            (listed.jobs, listed.last_status.as_deref()),
-            (2, Some("QUEUED"))
+            (listed.jobs, listed.last_status),
+            (2, Some(JobStatus::Queued))
         );
         assert!(listed.last_run_at.is_some());
         // Removing it cancels the queued job and keeps the history.
         reg.remove_schedule("hourly").await?;
         assert!(err_text(reg.schedule("hourly").await).contains("no schedule named"));
         let all = reg.jobs(None).await?;
-        let statuses: Vec<&str> = all.iter().map(|j| j.status.as_str()).collect();
-        assert_eq!(statuses, ["CANCELLED", "SUCCEEDED"]);
+        let statuses: Vec<JobStatus> = all.iter().map(|j| j.status).collect();
+        assert_eq!(statuses, [JobStatus::Cancelled, JobStatus::Succeeded]);
         assert!(reg.claim_job("w", LONG).await?.is_none());
         Ok(())
     })
@@ -186,12 +192,12 @@ async fn failures_retry_with_backoff_until_max_attempts() {
         assert_eq!(reg.fail_job(&c, "again", base).await?, Retry::GaveUp);
         let j = &reg.jobs(Some("flaky")).await?[0];
         assert_eq!(
-            (j.id, j.status.as_str(), j.last_error.as_deref()),
-            (job, "FAILED", Some("again"))
+            (j.id, j.status, j.last_error.as_deref()),
+            (job, JobStatus::Failed, Some("again"))
         );
         let runs = reg.job_runs(job).await?;
         assert_eq!(runs.len(), 2);
-        assert!(runs.iter().all(|r| r.status == "FAILED"));
+        assert!(runs.iter().all(|r| r.status == JobRunStatus::Failed));
         assert!(reg.claim_job("w", LONG).await?.is_none());
         assert_eq!(reg.active_jobs().await?, 0);
         Ok(())

@@ -18,7 +18,7 @@ use super::{ckpt, parse_flags, Context};
 use crate::output::{print_json, Format, Table};
 use albef_dataset::Stats;
 use albef_dataset::{write_atomic, Status};
-use albef_registry::{Registry, RunStatus};
+use albef_registry::{DatasetStatus, Registry, RunStatus};
 use albef_train::config::Config;
 use albef_train::trainer::tracking::latest_checkpoint;
 use anyhow::{bail, Context as _, Result};
@@ -451,7 +451,9 @@ impl Pipeline<'_> {
                 Some(f) => {
                     let version = self.reg.dataset_version(&f.dataset).await.ok();
                     version
-                        .filter(|v| v.status == "FINISHED" && Path::new(&v.uri).is_dir())
+                        .filter(|v| {
+                            v.status == DatasetStatus::Finished && Path::new(&v.uri).is_dir()
+                        })
                         .map(|_| f.elapsed_s)
                 }
                 None => None,
@@ -471,7 +473,7 @@ impl Pipeline<'_> {
 
     async fn finished(&self, d: &DatasetDone) -> Result<bool> {
         Ok(match self.reg.dataset_version(&d.spec).await {
-            Ok(v) => v.status == "FINISHED" && Path::new(&v.uri).is_dir(),
+            Ok(v) => v.status == DatasetStatus::Finished && Path::new(&v.uri).is_dir(),
             Err(_) => false,
         })
     }
@@ -597,7 +599,7 @@ impl Pipeline<'_> {
             .find(|name| {
                 !versions
                     .iter()
-                    .any(|v| &v.dataset == name && v.status == "FINISHED")
+                    .any(|v| &v.dataset == name && v.status == DatasetStatus::Finished)
             })
             .expect("an unused name exists");
         let out = self.work.join("data").join(&name);

@@ -88,7 +88,7 @@ enum RunsCommand {
         /// Run id
         run: i64,
         /// FINISHED, FAILED or KILLED
-        #[arg(long, default_value = "FINISHED")]
+        #[arg(long, default_value_t = RunStatus::Finished)]
         status: RunStatus,
     },
 }

@@ -6,7 +6,7 @@
 use super::ingest::IngestArgs;
 use crate::output::{Format, Table};
 use albef_ingest::schedule_worker::{self, IngestJob, JobDecoder, SchedulerOptions};
-use albef_registry::cron::format_utc;
+use albef_registry::jobs::format_utc;
 use albef_registry::Registry;
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
@@ -169,7 +169,7 @@ impl ScheduleArgs {
     }
 }
 
-fn schedules_table(list: &[albef_registry::scheduler::Schedule]) -> Table {
+fn schedules_table(list: &[albef_registry::jobs::Schedule]) -> Table {
     let mut t = Table::new([
         "name", "cron", "next_run", "last_run", "status", "jobs", "enabled", "ingest",
     ]);

@@ -1,8 +1,9 @@
 //! The JSON endpoints of `albef serve`: thin wrappers that parse the query, call one registry
 //! method and answer its result (or an [`ApiError`]).
 use super::{authorize, ApiError, AppState};
-use crate::views::{histograms, Histogram};
-use crate::{DatasetVersion, PromotionRequest, RunSearch, Shard};
+use crate::datasets::{histograms, DatasetVersion, Histogram, Shard};
+use crate::models::{Checkpoint, ModelAliases, PromotionEvent, PromotionRequest};
+use crate::tracking::{Comparison, RunDetail, RunSearch};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -55,10 +56,7 @@ pub(super) async fn runs(
 }
 
 /// `GET /api/runs/{id}`: params, tags and metric summaries.
-pub(super) async fn run(
-    State(s): State<AppState>,
-    Path(id): Path<i64>,
-) -> ApiResult<crate::RunDetail> {
+pub(super) async fn run(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<RunDetail> {
     Ok(Json(s.reg.run_detail(id).await?))
 }
 
@@ -101,7 +99,7 @@ pub(super) struct CompareQuery {
 pub(super) async fn compare(
     State(s): State<AppState>,
     Query(q): Query<CompareQuery>,
-) -> ApiResult<crate::views::Comparison> {
+) -> ApiResult<Comparison> {
     let ids = q
         .runs
         .split(',')
@@ -128,15 +126,13 @@ pub(super) struct CheckpointsQuery {
 pub(super) async fn checkpoints(
     State(s): State<AppState>,
     Query(q): Query<CheckpointsQuery>,
-) -> ApiResult<Vec<crate::Checkpoint>> {
+) -> ApiResult<Vec<Checkpoint>> {
     let model = q.model.filter(|m| !m.is_empty());
     Ok(Json(s.reg.checkpoints(model.as_deref()).await?))
 }
 
 /// `GET /api/models`: models and the checkpoint each alias points at.
-pub(super) async fn models(
-    State(s): State<AppState>,
-) -> ApiResult<Vec<crate::views::ModelAliases>> {
+pub(super) async fn models(State(s): State<AppState>) -> ApiResult<Vec<ModelAliases>> {
     Ok(Json(s.reg.models().await?))
 }
 
@@ -144,7 +140,7 @@ pub(super) async fn models(
 pub(super) async fn model_history(
     State(s): State<AppState>,
     Path(model): Path<String>,
-) -> ApiResult<Vec<crate::PromotionEvent>> {
+) -> ApiResult<Vec<PromotionEvent>> {
     Ok(Json(s.reg.promotion_history(&model).await?))
 }
 
@@ -164,7 +160,7 @@ pub(super) async fn promote(
     Path(model): Path<String>,
     headers: HeaderMap,
     Json(body): Json<PromoteBody>,
-) -> ApiResult<crate::PromotionEvent> {
+) -> ApiResult<PromotionEvent> {
     authorize(&s, &headers)?;
     let req = PromotionRequest {
         checkpoint: body.checkpoint,
@@ -192,7 +188,7 @@ pub(super) async fn rollback(
     Path(model): Path<String>,
     headers: HeaderMap,
     Json(body): Json<RollbackBody>,
-) -> ApiResult<crate::PromotionEvent> {
+) -> ApiResult<PromotionEvent> {
     authorize(&s, &headers)?;
     let actor = body.actor.unwrap_or_else(|| "api".into());
     Ok(Json(

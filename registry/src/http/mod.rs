@@ -5,7 +5,7 @@
 mod api;
 mod assets;
 
-use crate::filter::FilterError;
+use crate::query::QueryError;
 use crate::Registry;
 use anyhow::{Context, Result};
 use axum::http::{HeaderMap, StatusCode};
@@ -90,7 +90,7 @@ async fn shutdown_signal() {
 pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
-    filter: Option<FilterError>,
+    filter: Option<QueryError>,
 }
 
 impl ApiError {
@@ -105,7 +105,7 @@ impl ApiError {
     /// A failed registry call: 400 for a filter-language error, 404 for something that does not
     /// exist, `otherwise` for the rest (500 for reads, 409 for writes refused by the registry).
     fn from_registry(e: anyhow::Error, otherwise: StatusCode) -> Self {
-        if let Some(f) = e.chain().find_map(|c| c.downcast_ref::<FilterError>()) {
+        if let Some(f) = e.chain().find_map(|c| c.downcast_ref::<QueryError>()) {
             return Self {
                 status: StatusCode::BAD_REQUEST,
                 message: format!("{}: {} at column {}", f.what, f.message, f.column),

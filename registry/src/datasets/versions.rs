@@ -1,13 +1,23 @@
 //! Dataset versions and their shards. A version is a folder of Parquet shards made by one stage
 //! (ingest, filter, ...) with its parameters, optionally from a parent version: the lineage.
 //! Versions are numbered 1, 2, 3, ... per dataset; a version is BUILDING until it is finished.
-use crate::db::{Dialect, Row};
-use crate::runs::check_key;
-use crate::{now_ms, Registry};
+use crate::db::{Dialect, Row, Tx};
+use crate::status::status_enum;
+use crate::{check_key, now_ms, Registry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
+
+status_enum!(
+    /// Where a dataset version is in its life: BUILDING while a stage writes its shards, then
+    /// FINISHED (readable) or FAILED.
+    DatasetStatus, "dataset version", {
+        Building => "BUILDING",
+        Finished => "FINISHED",
+        Failed => "FAILED",
+    }
+);
 
 /// What a stage declares when it starts writing a version.
 #[derive(Clone, Debug)]
@@ -33,8 +43,7 @@ pub struct DatasetVersion {
     pub stage: String,
     pub params: Value,
     pub stats: Option<Value>,
-    /// BUILDING, FINISHED or FAILED.
-    pub status: String,
+    pub status: DatasetStatus,
     pub created_at: i64,
     pub finished_at: Option<i64>,
     pub shards: i64,
@@ -76,7 +85,7 @@ fn version_from_row(row: &Row) -> Result<DatasetVersion> {
         stage: row.get("stage")?,
         params: row.get::<Json<Value>>("params")?.0,
         stats: row.get::<Option<Json<Value>>>("stats")?.map(|j| j.0),
-        status: row.get("status")?,
+        status: row.get::<String>("status")?.parse()?,
         created_at: row.get("created_at")?,
         finished_at: row.get("finished_at")?,
         shards: row.get("shard_count")?,
@@ -147,8 +156,8 @@ impl Registry {
             );
         }
         let mut tx = self.db.begin().await?;
-        let status = building_status(&mut tx, version_id).await?;
-        if status != "BUILDING" {
+        let status = version_status(&mut tx, version_id).await?;
+        if status != DatasetStatus::Building {
             bail!("dataset version {version_id} is {status}; no shards can be added");
         }
         tx.q("INSERT INTO shards (version_id, idx, uri, rows, stats, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -168,29 +177,30 @@ impl Registry {
 
     /// Marks a BUILDING version FINISHED with its final statistics.
     pub async fn finish_dataset_version(&self, version_id: i64, stats: Value) -> Result<()> {
-        self.end_dataset_version(version_id, "FINISHED", stats)
+        self.end_dataset_version(version_id, DatasetStatus::Finished, stats)
             .await
     }
 
     /// Marks a BUILDING version FAILED (its stats say why).
     pub async fn fail_dataset_version(&self, version_id: i64, stats: Value) -> Result<()> {
-        self.end_dataset_version(version_id, "FAILED", stats).await
+        self.end_dataset_version(version_id, DatasetStatus::Failed, stats)
+            .await
     }
 
     async fn end_dataset_version(
         &self,
         version_id: i64,
-        status: &'static str,
+        status: DatasetStatus,
         stats: Value,
     ) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        let current = building_status(&mut tx, version_id).await?;
-        if current != "BUILDING" {
+        let current = version_status(&mut tx, version_id).await?;
+        if current != DatasetStatus::Building {
             bail!("dataset version {version_id} is already {current}");
         }
         tx.q("UPDATE dataset_versions SET status = $2, stats = $3, finished_at = $4 WHERE id = $1")
             .bind(version_id)
-            .bind(status)
+            .bind(status.as_str())
             .bind(Json(stats))
             .bind(now_ms())
             .execute(&mut tx)
@@ -288,7 +298,7 @@ impl Registry {
     }
 }
 
-async fn building_status(tx: &mut crate::db::Tx, version_id: i64) -> Result<String> {
+async fn version_status(tx: &mut Tx, version_id: i64) -> Result<DatasetStatus> {
     let row = tx
         .q("SELECT status FROM dataset_versions WHERE id = $1")
         .bind(version_id)
@@ -296,7 +306,7 @@ async fn building_status(tx: &mut crate::db::Tx, version_id: i64) -> Result<Stri
         .await
         .with_context(|| format!("reading dataset version {version_id}"))?;
     match row {
-        Some(r) => Ok(r.get("status")?),
+        Some(r) => r.get::<String>("status")?.parse(),
         None => bail!("dataset version {version_id} does not exist"),
     }
 }

@@ -1,12 +1,11 @@
-//! Read-only queries for the dashboards (`albef serve`, `albef runs plot`): what the web page and
-//! the JSON API show that the write-side modules do not already answer, such as the list of
-//! metric keys, models with the checkpoints their aliases point at, a side-by-side comparison of
-//! runs, and metric histories thinned out for drawing.
-use crate::runs::{MetricPoint, MetricSummary, Run};
+//! Read-only queries on runs for the dashboards (`albef serve`, `albef runs plot`): what the web
+//! page and the JSON API show that the write side does not already answer, such as the list of
+//! metric keys, the summaries of many runs at once, a side-by-side comparison of runs, and metric
+//! histories thinned out for drawing.
+use super::runs::{MetricPoint, MetricSummary, Run};
 use crate::Registry;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The most runs one comparison takes.
@@ -14,32 +13,6 @@ pub const MAX_COMPARED_RUNS: usize = 20;
 
 /// How many run ids one `IN (...)` list binds (well under SQLite's parameter limit).
 const IDS_PER_QUERY: usize = 500;
-
-/// A score histogram found in a dataset version's statistics (the filter stage writes them).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Histogram {
-    /// Where it was found, as a dotted path (`scores.itm`).
-    pub name: String,
-    /// `counts.len() + 1` bin edges.
-    pub edges: Vec<f64>,
-    pub counts: Vec<f64>,
-}
-
-/// A model and where each of its aliases points now.
-#[derive(Clone, Debug, Serialize)]
-pub struct ModelAliases {
-    pub name: String,
-    pub aliases: Vec<AliasHolder>,
-}
-
-/// One alias of a model and the checkpoint that holds it.
-#[derive(Clone, Debug, Serialize)]
-pub struct AliasHolder {
-    pub alias: String,
-    pub checkpoint_id: i64,
-    /// Epoch milliseconds of the last move.
-    pub updated_at: i64,
-}
 
 /// Several runs side by side: the union of their params (marked where they differ) and of their
 /// metric summaries (`None` where a run lacks the key).
@@ -113,38 +86,6 @@ impl Registry {
         Ok(out)
     }
 
-    /// Every model with its aliases, by name then alias.
-    pub async fn models(&self) -> Result<Vec<ModelAliases>> {
-        let rows = self
-            .db
-            .q(
-                "SELECT m.name, a.alias, a.checkpoint_id, a.updated_at FROM models m \
-                LEFT JOIN aliases a ON a.model_id = m.id ORDER BY m.name, a.alias",
-            )
-            .fetch_all(&self.db)
-            .await
-            .context("listing models and their aliases")?;
-        let mut out: Vec<ModelAliases> = Vec::new();
-        for r in &rows {
-            let name: String = r.get("name")?;
-            if out.last().map(|m| &m.name) != Some(&name) {
-                out.push(ModelAliases {
-                    name,
-                    aliases: Vec::new(),
-                });
-            }
-            if let Some(alias) = r.get::<Option<String>>("alias")? {
-                let model = out.last_mut().expect("pushed above");
-                model.aliases.push(AliasHolder {
-                    alias,
-                    checkpoint_id: r.get("checkpoint_id")?,
-                    updated_at: r.get("updated_at")?,
-                });
-            }
-        }
-        Ok(out)
-    }
-
     /// Runs side by side (2 to [`MAX_COMPARED_RUNS`], each once).
     pub async fn compare_runs(&self, ids: &[i64]) -> Result<Comparison> {
         if !(2..=MAX_COMPARED_RUNS).contains(&ids.len()) {
@@ -208,7 +149,7 @@ impl Registry {
 
 /// Keeps at most `max` points (at least 2), evenly spaced by index, always with the first and
 /// the last, so that a long series draws the same shape at a fraction of the cost.
-pub fn thin(points: Vec<MetricPoint>, max: usize) -> Vec<MetricPoint> {
+fn thin(points: Vec<MetricPoint>, max: usize) -> Vec<MetricPoint> {
     let max = max.max(2);
     let n = points.len();
     if n <= max {
@@ -217,95 +158,9 @@ pub fn thin(points: Vec<MetricPoint>, max: usize) -> Vec<MetricPoint> {
     (0..max).map(|i| points[i * (n - 1) / (max - 1)]).collect()
 }
 
-/// Every histogram in a statistics document: any object with a numeric `counts` array and
-/// either `edges` (one more than the counts) or `min` and `max` (equal-width bins). It is named
-/// by its own `name` or `score` string (`albef filter` writes a list of `{score, edges,
-/// counts}`), else by its path in the document.
-pub fn histograms(stats: &Value) -> Vec<Histogram> {
-    let mut out = Vec::new();
-    collect_histograms(stats, "", &mut out);
-    out
-}
-
-fn numbers(v: Option<&Value>) -> Option<Vec<f64>> {
-    v?.as_array()?.iter().map(Value::as_f64).collect()
-}
-
-fn collect_histograms(v: &Value, path: &str, out: &mut Vec<Histogram>) {
-    match v {
-        Value::Object(map) => {
-            if let Some(counts) = numbers(map.get("counts")).filter(|c| !c.is_empty()) {
-                let edges = numbers(map.get("edges")).or_else(|| {
-                    let lo = map.get("min")?.as_f64()?;
-                    let hi = map.get("max")?.as_f64()?;
-                    let n = counts.len();
-                    Some(
-                        (0..=n)
-                            .map(|i| lo + (hi - lo) * i as f64 / n as f64)
-                            .collect(),
-                    )
-                });
-                if let Some(edges) = edges.filter(|e| e.len() == counts.len() + 1) {
-                    let own = ["name", "score"].iter().find_map(|k| map.get(*k)?.as_str());
-                    out.push(Histogram {
-                        name: own.unwrap_or(path).to_string(),
-                        edges,
-                        counts,
-                    });
-                    return;
-                }
-            }
-            for (k, child) in map {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                collect_histograms(child, &p, out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                collect_histograms(child, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_histograms_by_shape() {
-        let stats = serde_json::json!({
-            "rows": 10,
-            "scores": {
-                "itm": {"edges": [0.0, 0.5, 1.0], "counts": [3, 7]},
-                "itc": {"min": 0.0, "max": 1.0, "counts": [1, 2, 3, 4]},
-                "bad": {"edges": [0.0, 1.0], "counts": [1, 2]}
-            }
-        });
-        let h = histograms(&stats);
-        let names: Vec<&str> = h.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["scores.itc", "scores.itm"]);
-        assert_eq!(h[0].edges, [0.0, 0.25, 0.5, 0.75, 1.0]);
-        assert_eq!(h[1].counts, [3.0, 7.0]);
-    }
-
-    #[test]
-    fn a_histogram_is_named_by_its_own_score_field() {
-        let stats = serde_json::json!({
-            "histograms": [
-                {"score": "score", "edges": [0.0, 0.5, 1.0], "counts": [3, 7]},
-                {"score": "i2t", "edges": [0.0, 0.5, 1.0], "counts": [9, 1]},
-                {"edges": [0.0, 1.0], "counts": [4]}
-            ]
-        });
-        let names: Vec<String> = histograms(&stats).into_iter().map(|h| h.name).collect();
-        assert_eq!(names, ["score", "i2t", "histograms[2]"]);
-    }
 
     #[test]
     fn thin_keeps_ends_and_bounds_the_count() {

@@ -2,11 +2,12 @@
 //! CronJob: two overlapping runs on one dataset never write it at once. The lock is a work
 //! lease (scope [`DATASET_LOCK_SCOPE`], unit = the dataset name) renewed by a heartbeat task;
 //! a holder that dies loses it when the lease runs out, and a holder whose renewal fails is
-//! told to stop through the flag it gave. A holder named `HOST:PID` ([`process_owner`]) whose
-//! process is gone from this host is taken over at once, so a rerun after a crash goes ahead.
+//! told to stop through the flag it gave. A holder named `HOST:PID`
+//! ([`crate::jobs::process_owner`]) whose process is gone from this host is taken over at once,
+//! so a rerun after a crash goes ahead.
+use crate::jobs::is_dead_local_process;
 use crate::{now_ms, Registry};
 use anyhow::{bail, Context, Result};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,23 +108,13 @@ impl Registry {
         if !is_dead_local_process(&holder) {
             return Ok(false);
         }
-        let changed = self
-            .db
-            .q(
-                "UPDATE work_leases SET owner = $4, lease_until = $5, attempts = attempts + 1 \
-                WHERE scope = $1 AND unit = $2 AND owner = $3",
-            )
-            .bind(DATASET_LOCK_SCOPE)
-            .bind(dataset.to_string())
-            .bind(holder.clone())
-            .bind(owner.to_string())
-            .bind(now_ms() + lease.as_millis() as i64)
-            .execute(&self.db)
+        let took = self
+            .take_over_unit(DATASET_LOCK_SCOPE, dataset, &holder, owner, lease)
             .await
             .with_context(|| {
                 format!("taking the lock of dataset {dataset:?} from dead {holder}")
             })?;
-        if changed == 1 {
+        if took {
             tracing::warn!(
                 dataset,
                 holder,
@@ -131,54 +122,15 @@ impl Registry {
                 "took the dataset lock of a dead process"
             );
         }
-        Ok(changed == 1)
+        Ok(took)
     }
 
     /// Who holds the lock of `dataset` and until when, if anyone does.
     pub async fn dataset_lock_holder(&self, dataset: &str) -> Result<Option<(String, i64)>> {
-        let row = self
-            .db
-            .q("SELECT owner, lease_until FROM work_leases WHERE scope = $1 AND unit = $2 AND lease_until >= $3")
-            .bind(DATASET_LOCK_SCOPE)
-            .bind(dataset.to_string())
-            .bind(now_ms())
-            .fetch_optional(&self.db)
+        self.unit_holder(DATASET_LOCK_SCOPE, dataset)
             .await
-            .with_context(|| format!("reading the lock of dataset {dataset:?}"))?;
-        match row {
-            Some(r) => Ok(Some((r.get("owner")?, r.get("lease_until")?))),
-            None => Ok(None),
-        }
+            .with_context(|| format!("reading the lock of dataset {dataset:?}"))
     }
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-}
-
-/// This process as a lock or lease owner: `HOST:PID`. Owners in this form let a later process
-/// on the same host see that the holder died.
-pub fn process_owner() -> String {
-    format!(
-        "{}:{}",
-        hostname().unwrap_or_else(|| "localhost".into()),
-        std::process::id()
-    )
-}
-
-/// Whether `owner` (`HOST:PID[:...]`) names a process of this host that no longer runs.
-fn is_dead_local_process(owner: &str) -> bool {
-    let mut parts = owner.split(':');
-    let (Some(host), Some(Ok(pid))) = (parts.next(), parts.next().map(str::parse::<u32>)) else {
-        return false;
-    };
-    hostname().is_some_and(|me| me == host)
-        && Path::new("/proc/self").exists()
-        && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl DatasetLock {
@@ -191,15 +143,9 @@ impl DatasetLock {
     pub async fn release(self) -> Result<()> {
         self.heartbeat.abort();
         self.reg
-            .db
-            .q("DELETE FROM work_leases WHERE scope = $1 AND unit = $2 AND owner = $3")
-            .bind(DATASET_LOCK_SCOPE)
-            .bind(self.dataset.clone())
-            .bind(self.owner.clone())
-            .execute(&self.reg.db)
+            .release_unit(DATASET_LOCK_SCOPE, &self.dataset, &self.owner)
             .await
-            .with_context(|| format!("releasing the lock of dataset {:?}", self.dataset))?;
-        Ok(())
+            .with_context(|| format!("releasing the lock of dataset {:?}", self.dataset))
     }
 }
 

@@ -1,57 +1,23 @@
 //! Experiments and runs: create a run (its experiment on demand), record params, tags and the
 //! dataset version it trained on, finish it, and read runs back with their metric summaries.
 use crate::db::{Db, Row, Tx};
-use crate::{is_unique_violation, now_ms, Registry};
+use crate::status::status_enum;
+use crate::{check_key, host_name, is_unique_violation, now_ms, Registry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// The longest key (param, tag or metric name) the registry accepts.
-pub(crate) const MAX_KEY_LEN: usize = 250;
-
-/// Where a run is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RunStatus {
-    Running,
-    Finished,
-    Failed,
-    Killed,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "RUNNING",
-            RunStatus::Finished => "FINISHED",
-            RunStatus::Failed => "FAILED",
-            RunStatus::Killed => "KILLED",
-        }
+status_enum!(
+    /// Where a run is in its life.
+    RunStatus, "run", {
+        Running => "RUNNING",
+        Finished => "FINISHED",
+        Failed => "FAILED",
+        Killed => "KILLED",
     }
-}
-
-impl fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RunStatus {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_uppercase().as_str() {
-            "RUNNING" => RunStatus::Running,
-            "FINISHED" => RunStatus::Finished,
-            "FAILED" => RunStatus::Failed,
-            "KILLED" => RunStatus::Killed,
-            _ => bail!("unknown run status {s:?}: expected RUNNING, FINISHED, FAILED or KILLED"),
-        })
-    }
-}
+);
 
 /// One run as stored.
 #[derive(Clone, Debug, Serialize)]
@@ -116,16 +82,6 @@ pub(crate) fn run_from_row(row: &Row) -> Result<Run> {
     })
 }
 
-pub(crate) fn check_key(kind: &str, key: &str) -> Result<()> {
-    if key.is_empty() {
-        bail!("{kind} name is empty");
-    }
-    if key.len() > MAX_KEY_LEN {
-        bail!("{kind} name {key:?} is longer than {MAX_KEY_LEN} bytes");
-    }
-    Ok(())
-}
-
 /// `git describe` of the working directory when it is a checkout, else the package version.
 fn code_version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
@@ -141,15 +97,6 @@ fn code_version() -> &'static str {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("albef-registry {}", env!("CARGO_PKG_VERSION")))
     })
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Fails with "run N does not exist" unless it does; returns its status.
@@ -200,7 +147,7 @@ impl Registry {
             .bind(name.to_string())
             .bind(Json(config.clone()))
             .bind(code_version().to_string())
-            .bind(host_name())
+            .bind(host_name().unwrap_or_else(|| "unknown".into()))
             .bind(now_ms())
             .fetch_one(&mut tx)
             .await;

@@ -1,8 +1,10 @@
 //! Work leases: units of work (e.g. chunks of a URL list) that workers on several machines share
 //! through the registry. A worker claims a unit for a while, renews the lease while it works,
-//! and completes it; a unit whose lease ran out can be claimed by another worker.
-use crate::{now_ms, Registry};
+//! and completes it; a unit whose lease ran out can be claimed by another worker. Owners are
+//! named `HOST:PID[:...]` ([`process_owner`]), so that a process can tell a dead local holder.
+use crate::{host_name, now_ms, Registry};
 use anyhow::{Context, Result};
+use std::path::Path;
 use std::time::Duration;
 
 /// A claimed unit of work.
@@ -113,6 +115,64 @@ impl Registry {
             .collect()
     }
 
+    /// Who holds `unit` of `scope` under a lease that has not run out, and until when.
+    pub(crate) async fn unit_holder(
+        &self,
+        scope: &str,
+        unit: &str,
+    ) -> Result<Option<(String, i64)>> {
+        let row = self
+            .db
+            .q("SELECT owner, lease_until FROM work_leases WHERE scope = $1 AND unit = $2 AND lease_until >= $3")
+            .bind(scope.to_string())
+            .bind(unit.to_string())
+            .bind(now_ms())
+            .fetch_optional(&self.db)
+            .await?;
+        match row {
+            Some(r) => Ok(Some((r.get("owner")?, r.get("lease_until")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Hands `unit` of `scope` from `from` to `to` until now + `lease`, even while `from`'s lease
+    /// runs (the caller knows `from` is dead); false when `from` no longer holds it.
+    pub(crate) async fn take_over_unit(
+        &self,
+        scope: &str,
+        unit: &str,
+        from: &str,
+        to: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let changed = self
+            .db
+            .q(
+                "UPDATE work_leases SET owner = $4, lease_until = $5, attempts = attempts + 1 \
+                WHERE scope = $1 AND unit = $2 AND owner = $3",
+            )
+            .bind(scope.to_string())
+            .bind(unit.to_string())
+            .bind(from.to_string())
+            .bind(to.to_string())
+            .bind(now_ms() + lease.as_millis() as i64)
+            .execute(&self.db)
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Forgets `unit` of `scope` if `owner` holds it, so that the next claim starts afresh.
+    pub(crate) async fn release_unit(&self, scope: &str, unit: &str, owner: &str) -> Result<()> {
+        self.db
+            .q("DELETE FROM work_leases WHERE scope = $1 AND unit = $2 AND owner = $3")
+            .bind(scope.to_string())
+            .bind(unit.to_string())
+            .bind(owner.to_string())
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// The units of `scope` that are done.
     pub async fn done_units(&self, scope: &str) -> Result<Vec<String>> {
         let rows = self
@@ -124,4 +184,25 @@ impl Registry {
             .with_context(|| format!("listing done units of {scope:?}"))?;
         rows.iter().map(|r| Ok(r.get("unit")?)).collect()
     }
+}
+
+/// This process as a lock or lease owner: `HOST:PID`. Owners in this form let a later process
+/// on the same host see that the holder died.
+pub fn process_owner() -> String {
+    format!(
+        "{}:{}",
+        host_name().unwrap_or_else(|| "localhost".into()),
+        std::process::id()
+    )
+}
+
+/// Whether `owner` (`HOST:PID[:...]`) names a process of this host that no longer runs.
+pub(crate) fn is_dead_local_process(owner: &str) -> bool {
+    let mut parts = owner.split(':');
+    let (Some(host), Some(Ok(pid))) = (parts.next(), parts.next().map(str::parse::<u32>)) else {
+        return false;
+    };
+    host_name().is_some_and(|me| me == host)
+        && Path::new("/proc/self").exists()
+        && !Path::new(&format!("/proc/{pid}")).exists()
 }

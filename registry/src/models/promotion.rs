@@ -4,13 +4,11 @@
 //! the alias back to the holder before the last promotion and is recorded too. The model row is
 //! locked (`FOR UPDATE` on Postgres; `BEGIN IMMEDIATE` takes the write lock on SQLite), so that
 //! concurrent promotions run one after another and the history stays a chain.
-use crate::checkpoints::{load, verify_file, Checkpoint};
+use super::checkpoints::{load, verify_file, Checkpoint};
 use crate::db::{Dialect, Tx};
-use crate::filter::lexer::Tok;
-use crate::filter::{Agg, Field};
-use crate::filter::{FieldParser, FilterError, Op};
-use crate::runs::check_key;
-use crate::{now_ms, Registry};
+use crate::query::lexer::Tok;
+use crate::query::{Agg, Field, FieldParser, Op, QueryError};
+use crate::{check_key, now_ms, Registry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
@@ -37,7 +35,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn parse(text: &str) -> Result<Gate, FilterError> {
+    pub fn parse(text: &str) -> Result<Gate, QueryError> {
         let run = || {
             let mut p = FieldParser::new(text)?;
             let mut conditions = Vec::new();
@@ -99,7 +97,7 @@ impl Gate {
                 conditions,
             })
         };
-        run().map_err(|e: FilterError| e.of("gate"))
+        run().map_err(|e: QueryError| e.of("gate"))
     }
 
     /// Checks the candidate against the holder (None: nobody holds the alias). Ok carries a

@@ -13,8 +13,7 @@
 //! Re-logging a (run, key, step) that is already stored keeps the first value (idempotent
 //! retries); the channel is unbounded, so memory grows only if the database falls behind.
 use crate::db::{Db, Dialect, Tx};
-use crate::runs::check_key;
-use crate::{now_ms, Registry};
+use crate::{check_key, now_ms, Registry};
 use anyhow::{anyhow, bail, Context, Result};
 use sqlx::Row as _;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,9 +1,9 @@
 //! `runs search`: the filter language applied to the registry, shared by the CLI, the web API and
 //! the benchmark so that all three measure and run the same path.
+use super::runs::{run_from_row, Run, RUN_COLUMNS};
 use crate::db::Dialect;
-use crate::filter::sql::{order_sql, where_sql, Param, SqlParams};
-use crate::filter::{parse_filter, parse_order_by, Field};
-use crate::runs::{run_from_row, Run, RUN_COLUMNS};
+use crate::query::sql::{order_sql, where_sql, Param, SqlParams};
+use crate::query::{parse_filter, parse_order_by, Field};
 use crate::Registry;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

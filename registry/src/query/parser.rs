@@ -1,10 +1,10 @@
 //! The recursive-descent parser: tokens -> [`Expr`] / [`OrderTerm`]s, checking types as it goes
 //! (numbers for metrics and numeric attributes, strings for params, tags and text attributes).
 use super::lexer::{lex, Tok, Token};
-use super::{Agg, Attr, Expr, Field, FilterError, Literal, Op, OrderTerm};
+use super::{Agg, Attr, Expr, Field, Literal, Op, OrderTerm, QueryError};
 
 /// Parses a filter expression.
-pub fn parse_filter(input: &str) -> Result<Expr, FilterError> {
+pub fn parse_filter(input: &str) -> Result<Expr, QueryError> {
     let mut p = FieldParser::new(input)?;
     if p.at_end() {
         return Err(p.error_here("the filter is empty".into()));
@@ -15,7 +15,7 @@ pub fn parse_filter(input: &str) -> Result<Expr, FilterError> {
 }
 
 /// Parses `--order-by`: `field [ASC|DESC], ...`.
-pub fn parse_order_by(input: &str) -> Result<Vec<OrderTerm>, FilterError> {
+pub fn parse_order_by(input: &str) -> Result<Vec<OrderTerm>, QueryError> {
     let run = || {
         let mut p = FieldParser::new(input)?;
         let mut terms = Vec::new();
@@ -35,7 +35,7 @@ pub fn parse_order_by(input: &str) -> Result<Vec<OrderTerm>, FilterError> {
         p.expect_end("ASC, DESC, ',' or the end")?;
         Ok(terms)
     };
-    run().map_err(|e: FilterError| e.of("order-by"))
+    run().map_err(|e: QueryError| e.of("order-by"))
 }
 
 /// A cursor over the tokens of one input; also used to parse promotion gates.
@@ -46,7 +46,7 @@ pub struct FieldParser<'a> {
 }
 
 impl<'a> FieldParser<'a> {
-    pub fn new(input: &'a str) -> Result<Self, FilterError> {
+    pub fn new(input: &'a str) -> Result<Self, QueryError> {
         Ok(Self {
             input,
             tokens: lex(input)?,
@@ -90,16 +90,16 @@ impl<'a> FieldParser<'a> {
         }
     }
 
-    pub fn error_at(&self, col: usize, message: String) -> FilterError {
-        FilterError::new(self.input, col, message)
+    pub fn error_at(&self, col: usize, message: String) -> QueryError {
+        QueryError::new(self.input, col, message)
     }
 
-    pub fn error_here(&self, message: String) -> FilterError {
+    pub fn error_here(&self, message: String) -> QueryError {
         self.error_at(self.peek().col, message)
     }
 
     /// Fails unless all input is consumed; `expected` says what could have come instead.
-    pub fn expect_end(&self, expected: &str) -> Result<(), FilterError> {
+    pub fn expect_end(&self, expected: &str) -> Result<(), QueryError> {
         if self.at_end() {
             Ok(())
         } else {
@@ -110,7 +110,7 @@ impl<'a> FieldParser<'a> {
         }
     }
 
-    fn expect(&mut self, tok: Tok, context: &str) -> Result<(), FilterError> {
+    fn expect(&mut self, tok: Tok, context: &str) -> Result<(), QueryError> {
         if self.eat(&tok) {
             Ok(())
         } else {
@@ -122,7 +122,7 @@ impl<'a> FieldParser<'a> {
         }
     }
 
-    fn or(&mut self) -> Result<Expr, FilterError> {
+    fn or(&mut self) -> Result<Expr, QueryError> {
         let mut left = self.and()?;
         while self.keyword("OR") {
             let right = self.and()?;
@@ -131,7 +131,7 @@ impl<'a> FieldParser<'a> {
         Ok(left)
     }
 
-    fn and(&mut self) -> Result<Expr, FilterError> {
+    fn and(&mut self) -> Result<Expr, QueryError> {
         let mut left = self.unary()?;
         while self.keyword("AND") {
             let right = self.unary()?;
@@ -140,7 +140,7 @@ impl<'a> FieldParser<'a> {
         Ok(left)
     }
 
-    fn unary(&mut self) -> Result<Expr, FilterError> {
+    fn unary(&mut self) -> Result<Expr, QueryError> {
         if self.eat(&Tok::LParen) {
             let open = self.tokens[self.pos - 1].col;
             let inner = self.or()?;
@@ -155,7 +155,7 @@ impl<'a> FieldParser<'a> {
         self.comparison()
     }
 
-    fn comparison(&mut self) -> Result<Expr, FilterError> {
+    fn comparison(&mut self) -> Result<Expr, QueryError> {
         let field = self.field()?;
         let op_token = self.peek().clone();
         let negated = self.keyword("NOT");
@@ -221,7 +221,7 @@ impl<'a> FieldParser<'a> {
     }
 
     /// A constant of the field's type.
-    fn value(&mut self, field: &Field, context: &str) -> Result<Literal, FilterError> {
+    fn value(&mut self, field: &Field, context: &str) -> Result<Literal, QueryError> {
         let t = self.advance();
         match (&t.tok, field.is_numeric()) {
             (Tok::Num(n, _), true) => Ok(Literal::Num(*n)),
@@ -244,7 +244,7 @@ impl<'a> FieldParser<'a> {
     }
 
     /// A name after `prefix.`: words joined by dots, or one quoted name.
-    fn name(&mut self, prefix: &str) -> Result<String, FilterError> {
+    fn name(&mut self, prefix: &str) -> Result<String, QueryError> {
         self.expect(Tok::Dot, &format!("after '{prefix}'"))?;
         let t = self.advance();
         match t.tok {
@@ -273,7 +273,7 @@ impl<'a> FieldParser<'a> {
     }
 
     /// A field: `metrics.X`, `min(metrics.X)`, `params.X`, `tags.X` or an attribute.
-    pub fn field(&mut self) -> Result<Field, FilterError> {
+    pub fn field(&mut self) -> Result<Field, QueryError> {
         let t = self.advance();
         let word = match &t.tok {
             Tok::Word(w) => w.to_ascii_lowercase(),
@@ -322,7 +322,7 @@ impl<'a> FieldParser<'a> {
         }
     }
 
-    fn unknown_attribute(&self, col: usize, name: &str) -> FilterError {
+    fn unknown_attribute(&self, col: usize, name: &str) -> QueryError {
         self.error_at(
             col,
             format!(
@@ -349,7 +349,7 @@ fn attribute(name: &str) -> Option<Field> {
 mod tests {
     use super::*;
 
-    fn err(input: &str) -> FilterError {
+    fn err(input: &str) -> QueryError {
         parse_filter(input).unwrap_err()
     }
 

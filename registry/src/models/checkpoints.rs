@@ -1,8 +1,8 @@
 //! Checkpoints: a file a run wrote, recorded with its sha256, size, step and a snapshot of the
 //! metrics that describe it (e.g. retrieval recall), and the aliases (`MODEL@ALIAS`) it holds.
 use crate::db::{Db, On, Row};
-use crate::runs::{check_key, run_status};
-use crate::{now_ms, Registry};
+use crate::tracking::run_status;
+use crate::{check_key, now_ms, Registry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};

@@ -1,6 +1,6 @@
-//! The tokens of the filter language, each with the column (1-based, in characters) where it
+//! The tokens of the query language, each with the column (1-based, in characters) where it
 //! starts, so that errors can point at the place.
-use super::FilterError;
+use super::QueryError;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tok {
@@ -50,11 +50,11 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '/' | '-')
 }
 
-pub fn lex(input: &str) -> Result<Vec<Token>, FilterError> {
+pub fn lex(input: &str) -> Result<Vec<Token>, QueryError> {
     let chars: Vec<char> = input.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
-    let err = |col: usize, message: String| FilterError::new(input, col, message);
+    let err = |col: usize, message: String| QueryError::new(input, col, message);
     while i < chars.len() {
         let c = chars[i];
         let col = i + 1;

@@ -1,6 +1,9 @@
-//! The run filter language of `albef runs search`: a hand-written lexer and recursive-descent
-//! parser produce an AST, which [`sql`] turns into a WHERE clause whose user values are all bound
-//! parameters. Grammar (keywords are case-insensitive):
+//! The query language of the registry: the `--filter` and `--order-by` expressions of `albef runs
+//! search` (and `GET /api/runs`), whose fields also make up promotion gates. A hand-written lexer
+//! and recursive-descent parser produce an AST, which [`sql`] turns into a WHERE clause whose user
+//! values are all bound parameters. It knows the runs schema only as SQL text and depends on no
+//! other area ([`crate::tracking`] runs the searches, [`crate::models`] the gates). Grammar
+//! (keywords are case-insensitive):
 //!
 //! ```text
 //! filter   := or
@@ -166,7 +169,7 @@ pub struct OrderTerm {
 
 /// A syntax or type error, with the column it points at; `Display` shows the input and a caret.
 #[derive(Clone, Debug, PartialEq)]
-pub struct FilterError {
+pub struct QueryError {
     /// What was being parsed: "filter", "order-by" or "gate".
     pub what: &'static str,
     pub input: String,
@@ -175,7 +178,7 @@ pub struct FilterError {
     pub message: String,
 }
 
-impl FilterError {
+impl QueryError {
     pub fn new(input: &str, column: usize, message: String) -> Self {
         Self {
             what: "filter",
@@ -186,7 +189,7 @@ impl FilterError {
     }
 }
 
-impl FilterError {
+impl QueryError {
     /// Names what was being parsed in the message.
     pub fn of(mut self, what: &'static str) -> Self {
         self.what = what;
@@ -194,7 +197,7 @@ impl FilterError {
     }
 }
 
-impl fmt::Display for FilterError {
+impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -208,4 +211,4 @@ impl fmt::Display for FilterError {
     }
 }
 
-impl std::error::Error for FilterError {}
+impl std::error::Error for QueryError {}
