@@ -29,7 +29,7 @@ endif
 TEST_ENV = LD_LIBRARY_PATH="$(TORCH_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 
-.PHONY: build demo test fmt lint setup sysdeps test-sysdeps install-missing postgres clean
+.PHONY: build demo test fmt lint setup sysdeps test-sysdeps install-missing install-file-missing postgres clean
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
@@ -39,10 +39,15 @@ TEST_PKGS := chromium chromedriver
 sysdeps:
 	@$(MAKE) -s install-missing CMDS="$(BUILD_PKGS)"
 	@# A font for the labels of `albef runs plot --out FILE.png` (drawn without text when missing).
-	@[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { echo "installing Debian packages: fonts-dejavu-core"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null; }
+	@$(MAKE) -s install-file-missing FILE=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf PKG=fonts-dejavu-core
+	@# Gloo's headers for dist/'s c10d shim: the torch wheel ships c10d's headers but not Gloo's.
+	@$(MAKE) -s install-file-missing FILE=/usr/include/gloo/config.h PKG=libgloo-dev
 test-sysdeps:
 	@$(MAKE) -s install-missing CMDS="$(TEST_PKGS)"
+# Installs Debian package PKG when its file FILE is missing.
+install-file-missing:
+	@[ -e $(FILE) ] || { echo "installing Debian packages: $(PKG)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PKG) >/dev/null; }
 # Installs the Debian package of each command in CMDS that is not on PATH (chromedriver comes in chromium-driver).
 install-missing:
 	@missing=""; for p in $(CMDS); do command -v $$p >/dev/null || missing="$$missing $${p/chromedriver/chromium-driver}"; done; \

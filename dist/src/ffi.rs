@@ -1,0 +1,224 @@
+//! The Rust face of `csrc/c10d_shim.cpp`: owned handles to a c10d store and a Gloo process
+//! group, freed on drop, whose calls return c10d's error message as a `String`.
+//!
+//! Only `group.rs` uses this module; it turns the raw messages into errors that say which rank
+//! is gone (see `fault.rs`). Tensors cross as tch's `C_tensor` pointers, which are `at::Tensor*`
+//! on the C++ side; the shim builds tensors that share their storage, so in-place collectives
+//! write straight into the caller's tensors.
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ptr::{self, NonNull};
+use std::time::Duration;
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn c10d_string_free(s: *mut c_char);
+    fn c10d_store_new(
+        host: *const c_char,
+        port: u16,
+        is_server: bool,
+        world_size: c_int,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn c10d_store_free(store: *mut c_void);
+    fn c10d_store_set(store: *mut c_void, key: *const c_char, value: *const c_char) -> *mut c_char;
+    fn c10d_store_get(
+        store: *mut c_void,
+        key: *const c_char,
+        value: *mut *mut c_char,
+    ) -> *mut c_char;
+    fn c10d_gloo_new(
+        store: *mut c_void,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        hostname: *const c_char,
+        out: *mut *mut c_void,
+        addresses: *mut *mut c_char,
+    ) -> *mut c_char;
+    fn c10d_group_free(group: *mut c_void);
+    fn c10d_allreduce(
+        group: *mut c_void,
+        tensors: *mut *mut C_tensor,
+        n: usize,
+        op: c_int,
+    ) -> *mut c_char;
+    fn c10d_broadcast(
+        group: *mut c_void,
+        tensors: *mut *mut C_tensor,
+        n: usize,
+        root: c_int,
+    ) -> *mut c_char;
+    fn c10d_allgather(
+        group: *mut c_void,
+        output: *mut C_tensor,
+        input: *mut C_tensor,
+    ) -> *mut c_char;
+    fn c10d_barrier(group: *mut c_void) -> *mut c_char;
+}
+
+/// A reduction the shim knows (its `op` argument).
+#[derive(Clone, Copy)]
+pub(crate) enum ReduceOp {
+    Sum = 0,
+    Avg = 1,
+}
+
+/// Takes ownership of a string the shim allocated.
+unsafe fn take_string(s: *mut c_char) -> String {
+    let text = CStr::from_ptr(s).to_string_lossy().into_owned();
+    c10d_string_free(s);
+    text
+}
+
+/// NULL is success; anything else is c10d's message.
+fn check(err: *mut c_char) -> Result<(), String> {
+    if err.is_null() {
+        Ok(())
+    } else {
+        // SAFETY: a non-NULL return is a string the shim allocated for us to free.
+        Err(unsafe { take_string(err) })
+    }
+}
+
+fn c_string(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+fn millis(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A c10d TCPStore: where ranks meet to set up the group.
+pub(crate) struct Store(NonNull<c_void>);
+
+impl Store {
+    pub(crate) fn connect(
+        host: &str,
+        port: u16,
+        is_server: bool,
+        world_size: usize,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let host = c_string(host)?;
+        let size = c_int::try_from(world_size).map_err(|e| e.to_string())?;
+        let mut out = ptr::null_mut();
+        // SAFETY: valid C string and out-pointer; the shim sets `out` only on success.
+        check(unsafe {
+            c10d_store_new(
+                host.as_ptr(),
+                port,
+                is_server,
+                size,
+                millis(timeout),
+                &mut out,
+            )
+        })?;
+        Ok(Store(NonNull::new(out).expect("c10d_store_new succeeded")))
+    }
+
+    pub(crate) fn set(&self, key: &str, value: &str) -> Result<(), String> {
+        let (key, value) = (c_string(key)?, c_string(value)?);
+        // SAFETY: live handle, valid C strings.
+        check(unsafe { c10d_store_set(self.0.as_ptr(), key.as_ptr(), value.as_ptr()) })
+    }
+
+    /// Waits for `key` up to the store's timeout.
+    pub(crate) fn get(&self, key: &str) -> Result<String, String> {
+        let key = c_string(key)?;
+        let mut value = ptr::null_mut();
+        // SAFETY: live handle, valid C string; `value` is set (and ours to free) on success.
+        check(unsafe { c10d_store_get(self.0.as_ptr(), key.as_ptr(), &mut value) })?;
+        Ok(unsafe { take_string(value) })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from c10d_store_new and is freed once.
+        unsafe { c10d_store_free(self.0.as_ptr()) }
+    }
+}
+
+/// A c10d ProcessGroupGloo. Its calls wait for the collective to finish.
+pub(crate) struct Gloo(NonNull<c_void>);
+
+// SAFETY: c10d process groups are thread-safe (torch.distributed calls them from any thread);
+// the handle is only an owning pointer.
+unsafe impl Send for Gloo {}
+unsafe impl Send for Store {}
+
+impl Gloo {
+    /// The group, and the local addresses of its sockets, space-separated: how its peers see this
+    /// rank ("" when none were found).
+    pub(crate) fn new(
+        store: &Store,
+        rank: usize,
+        size: usize,
+        timeout: Duration,
+        hostname: &str,
+    ) -> Result<(Self, String), String> {
+        let hostname = c_string(hostname)?;
+        let rank = c_int::try_from(rank).map_err(|e| e.to_string())?;
+        let size = c_int::try_from(size).map_err(|e| e.to_string())?;
+        let (mut out, mut addresses) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: live store handle, valid C string; both outputs are set on success.
+        check(unsafe {
+            c10d_gloo_new(
+                store.0.as_ptr(),
+                rank,
+                size,
+                millis(timeout),
+                hostname.as_ptr(),
+                &mut out,
+                &mut addresses,
+            )
+        })?;
+        let addresses = unsafe { take_string(addresses) };
+        Ok((
+            Gloo(NonNull::new(out).expect("c10d_gloo_new succeeded")),
+            addresses,
+        ))
+    }
+
+    pub(crate) fn all_reduce(&self, tensors: &mut [Tensor], op: ReduceOp) -> Result<(), String> {
+        let mut ptrs: Vec<*mut C_tensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
+        // SAFETY: live handle; the pointers are live tensors borrowed for the call.
+        check(unsafe {
+            c10d_allreduce(self.0.as_ptr(), ptrs.as_mut_ptr(), ptrs.len(), op as c_int)
+        })
+    }
+
+    pub(crate) fn broadcast(&self, tensors: &mut [Tensor], root: usize) -> Result<(), String> {
+        let root = c_int::try_from(root).map_err(|e| e.to_string())?;
+        let mut ptrs: Vec<*mut C_tensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
+        // SAFETY: as in all_reduce.
+        check(unsafe { c10d_broadcast(self.0.as_ptr(), ptrs.as_mut_ptr(), ptrs.len(), root) })
+    }
+
+    /// `output` holds world size times `input`'s rows, filled in rank order.
+    pub(crate) fn all_gather(&self, output: &mut Tensor, input: &Tensor) -> Result<(), String> {
+        // SAFETY: live handle and tensors; the shim only reads `input`.
+        check(unsafe {
+            c10d_allgather(
+                self.0.as_ptr(),
+                output.as_mut_ptr(),
+                input.as_ptr() as *mut C_tensor,
+            )
+        })
+    }
+
+    pub(crate) fn barrier(&self) -> Result<(), String> {
+        // SAFETY: live handle.
+        check(unsafe { c10d_barrier(self.0.as_ptr()) })
+    }
+}
+
+impl Drop for Gloo {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from c10d_gloo_new and is freed once.
+        unsafe { c10d_group_free(self.0.as_ptr()) }
+    }
+}

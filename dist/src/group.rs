@@ -1,0 +1,177 @@
+//! `ProcessGroup`: the collectives data-parallel training needs (mean of gradients, broadcast of
+//! the initial state, gather of the queues), over a c10d Gloo group.
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tch::Tensor;
+
+use crate::backend::{Backend, NCCL_NOT_COMPILED};
+use crate::bucket::{buckets, with_flat};
+use crate::fault::collective_error;
+use crate::ffi::{Gloo, ReduceOp, Store};
+use crate::world::World;
+
+/// How long a collective waits for its peers before it fails (c10d's own default is 30 min).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The size of one flattened all-reduce: DDP's default `bucket_cap_mb`.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+
+/// The store key where rank `r` publishes its Gloo sockets' addresses.
+fn address_key(rank: usize) -> String {
+    format!("albef-dist/gloo-addresses/{rank}")
+}
+
+/// A c10d process group joined by every rank of a `World`. Each collective returns when it has
+/// finished on this rank; a dead or absent peer makes it fail within the timeout.
+pub struct ProcessGroup {
+    // Declared before `_store` so that the group is dropped first.
+    gloo: Gloo,
+    _store: Store,
+    rank: usize,
+    world_size: usize,
+    /// Rank r's Gloo socket addresses, to name a rank from a "connection closed" error.
+    peers: Vec<String>,
+    timeout: Duration,
+    bucket_bytes: usize,
+}
+
+impl ProcessGroup {
+    /// Joins the group: connects to (or, on rank 0, serves) the TCPStore at the world's master
+    /// address, then sets up Gloo's connections between all ranks. `timeout` bounds both the
+    /// meeting and every later collective.
+    pub fn new(world: &World, backend: Backend, timeout: Duration) -> Result<ProcessGroup> {
+        if backend == Backend::Nccl {
+            bail!(NCCL_NOT_COMPILED);
+        }
+        let (addr, port) = (&world.master_addr, world.master_port);
+        let store = Store::connect(addr, port, world.serves_store(), world.world_size, timeout)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("connecting to the c10d store at {addr}:{port}"))?;
+        let (gloo, addresses) = Gloo::new(
+            &store,
+            world.rank,
+            world.world_size,
+            timeout,
+            &gloo_hostname(addr),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("setting up the Gloo process group")?;
+        let peers = exchange_addresses(&store, world, &addresses)
+            .map_err(anyhow::Error::msg)
+            .context("exchanging Gloo addresses through the c10d store")?;
+        Ok(ProcessGroup {
+            gloo,
+            _store: store,
+            rank: world.rank,
+            world_size: world.world_size,
+            peers,
+            timeout,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        })
+    }
+
+    /// Sets the size of one flattened bucket of `all_reduce_*` and `broadcast`.
+    pub fn with_bucket_bytes(mut self, bucket_bytes: usize) -> ProcessGroup {
+        self.bucket_bytes = bucket_bytes.max(1);
+        self
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// Replaces every tensor by its mean over the ranks (bit-identical on every rank), in
+    /// flattened buckets of at most `bucket_bytes`: one collective call per bucket.
+    pub fn all_reduce_mean(&self, tensors: &mut [Tensor]) -> Result<()> {
+        self.all_reduce(tensors, ReduceOp::Avg, "all_reduce_mean")
+    }
+
+    /// Replaces every tensor by its sum over the ranks, bucketed as `all_reduce_mean`.
+    pub fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<()> {
+        self.all_reduce(tensors, ReduceOp::Sum, "all_reduce_sum")
+    }
+
+    fn all_reduce(&self, tensors: &mut [Tensor], op: ReduceOp, name: &str) -> Result<()> {
+        for range in buckets(tensors, self.bucket_bytes) {
+            with_flat(&mut tensors[range], |flat| {
+                self.gloo.all_reduce(std::slice::from_mut(flat), op)
+            })
+            .map_err(|message| self.error(name, &message))?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites every tensor with rank `root`'s, bucketed as `all_reduce_mean`.
+    pub fn broadcast(&self, tensors: &mut [Tensor], root: usize) -> Result<()> {
+        if root >= self.world_size {
+            bail!(
+                "broadcast from rank {root} in a world of {}",
+                self.world_size
+            );
+        }
+        for range in buckets(tensors, self.bucket_bytes) {
+            with_flat(&mut tensors[range], |flat| {
+                self.gloo.broadcast(std::slice::from_mut(flat), root)
+            })
+            .map_err(|message| self.error("broadcast", &message))?;
+        }
+        Ok(())
+    }
+
+    /// Every rank's `tensor`, concatenated along dim 0 in rank order (ALBEF's
+    /// `concat_all_gather`). The tensors must have the same shape on every rank.
+    pub fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let input = match tensor.dim() {
+            0 => tensor.reshape([1]),
+            _ => tensor.contiguous(),
+        };
+        let mut size = input.size();
+        size[0] *= self.world_size as i64;
+        let mut output = Tensor::empty(size, (input.kind(), input.device()));
+        self.gloo
+            .all_gather(&mut output, &input)
+            .map_err(|message| self.error("all_gather", &message))?;
+        Ok(output)
+    }
+
+    /// Returns when every rank has called it.
+    pub fn barrier(&self) -> Result<()> {
+        self.gloo
+            .barrier()
+            .map_err(|message| self.error("barrier", &message))
+    }
+
+    fn error(&self, op: &str, message: &str) -> anyhow::Error {
+        collective_error(op, message, &self.peers, self.rank, self.timeout)
+    }
+}
+
+/// Gloo's interface: loopback when the ranks meet on loopback (one machine, whatever this
+/// machine's hostname resolves to); else, as PyTorch does, the address this machine's hostname
+/// resolves to ("" asks Gloo for that).
+fn gloo_hostname(master_addr: &str) -> String {
+    let loopback = master_addr == "localhost"
+        || master_addr
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback { "127.0.0.1" } else { "" }.to_owned()
+}
+
+/// Publishes this rank's Gloo socket addresses and reads every rank's, indexed by rank. Each
+/// rank reads world-size keys of about world-size addresses: fine for the tens of ranks Gloo
+/// serves, quadratic beyond.
+fn exchange_addresses(
+    store: &Store,
+    world: &World,
+    addresses: &str,
+) -> Result<Vec<String>, String> {
+    store.set(&address_key(world.rank), addresses)?;
+    (0..world.world_size)
+        .map(|r| store.get(&address_key(r)))
+        .collect()
+}

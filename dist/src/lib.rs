@@ -1,0 +1,48 @@
+//! Data-parallel training across processes and machines on c10d, the collective library that
+//! `torch.distributed` wraps and that the libtorch tch links already contains.
+//!
+//! # Pieces
+//! - [`World`] reads the launcher's environment (torchrun and Kubeflow's PyTorchJob: `RANK`,
+//!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, `TORCHELASTIC_USE_AGENT_STORE`;
+//!   Slurm: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT`).
+//!   No such variables: `None`, and the caller runs alone as before.
+//! - [`ProcessGroup`] joins the ranks: a c10d `TCPStore` at the master address (served by rank 0,
+//!   or by torchrun's agent when it says so), then a `ProcessGroupGloo` over it. Its collectives:
+//!   [`ProcessGroup::all_reduce_mean`] (gradients), [`ProcessGroup::broadcast`] (the initial
+//!   state), [`ProcessGroup::all_gather`] (the queues' features), [`ProcessGroup::barrier`].
+//! - [`Backend`]: Gloo is compiled in; NCCL is not yet (it needs the CUDA toolkit headers), and
+//!   asking for it is an error that says what is missing.
+//!
+//! # The shim
+//! tch binds no `torch.distributed`, so `csrc/c10d_shim.cpp` (compiled by `build.rs` against
+//! libtorch's own headers and Debian's Gloo headers) exposes a handful of `extern "C"` functions
+//! over tch's tensor pointers (`at::Tensor*`) and opaque store and group handles. Each waits for
+//! its collective, catches every C++ exception (Gloo's I/O errors are plain
+//! `std::runtime_error`s) and hands the message back as a string; `ffi.rs` owns the handles and
+//! frees them on drop. Nothing in the shim aborts the process.
+//!
+//! # Buckets, and what overlaps
+//! `all_reduce_mean` and `broadcast` flatten consecutive tensors of one kind and device into
+//! buckets of at most `bucket_bytes` (DDP's 25 MB by default) and make one collective call per
+//! bucket; a lone contiguous tensor is reduced in place. The calls are synchronous: nothing
+//! overlaps the backward pass yet. Overlap (DDP's reducer starts a bucket's all-reduce from
+//! autograd hooks as soon as its gradients are ready) needs gradient hooks, which tch does not
+//! expose; the trainer calls `all_reduce_mean` on all gradients after `backward`.
+//!
+//! # Errors
+//! Every failure is an `anyhow::Error` carrying c10d's message. A peer that crashed or was killed
+//! shows as a closed connection within milliseconds, named by Gloo only by the far end's address;
+//! each rank publishes its Gloo sockets' addresses in the store when the group is made, so the
+//! error names the rank ("rank 1 is gone"), or says "a peer rank is gone" when the address is
+//! unknown. A peer alive but absent fails the collective after
+//! the group's timeout ([`DEFAULT_TIMEOUT`] unless set), with an error that says so.
+mod backend;
+mod bucket;
+mod fault;
+mod ffi;
+mod group;
+mod world;
+
+pub use backend::Backend;
+pub use group::{ProcessGroup, DEFAULT_BUCKET_BYTES, DEFAULT_TIMEOUT};
+pub use world::{Launcher, World};
