@@ -15,9 +15,6 @@ pub mod robots;
 pub mod schedule_worker;
 pub mod source;
 
-use albef_dataset as shard;
-use albef_dataset::{caption, stats};
-
 pub use pipeline::{run, IngestConfig, Lineage, ShardClaims, Summary};
 
 /// Default largest pHash Hamming distance between near duplicates, chosen from the table that
