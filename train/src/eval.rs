@@ -8,9 +8,8 @@
 //! [`evaluate`] runs a model over a held-out dataset (the loader's eval mode: file order, no
 //! augmentation); [`retrieval`] is the ranking itself, on given features.
 use crate::config::Config;
-use crate::data::{Loader, Mode};
+use crate::data::{loader_config, Loader, Mode};
 use crate::model::{self, Albef, PrecisionRule};
-use crate::trainer::fit::loader_config;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -10,6 +10,6 @@ pub mod shards;
 pub mod tokenize;
 pub mod weight;
 
-pub use loader::{Batch, Epoch, Item, Loader, LoaderConfig, Mode};
+pub use loader::{loader_config, Batch, Epoch, Item, Loader, LoaderConfig, Mode};
 pub use shards::{DatasetIndex, Rows, Sample};
 pub use weight::LossWeight;
