@@ -25,12 +25,10 @@
 //! swapped) its ROC-AUC was 0.65-0.72 against 0.97 for `score_i2t`, and adding it as a third
 //! term lowered the combination's AUC from 0.970 to 0.949. It stays a column, and `--score itm`
 //! ranks by it (BLIP's CapFilt drops pairs whose ITM probability is under 0.5).
-use albef_train::checkpoint::{self, Loaded};
+use albef_train::checkpoint::Loaded;
 use albef_train::config::Config;
 use albef_train::data::loader::Batch;
-use albef_train::model::albef::normalize;
-use albef_train::model::bert::Mode;
-use albef_train::model::{Albef, Precision};
+use albef_train::model::{self, Albef, PrecisionRule};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -131,10 +129,15 @@ impl Scorer {
         let loaded =
             Loaded::open(path).with_context(|| format!("opening checkpoint {}", path.display()))?;
         let config = loaded.state.config.clone();
-        let vs = nn::VarStore::new(device);
-        let model = Albef::new(&vs, &config.model, Precision::new(device.is_cuda()))?;
-        checkpoint::load_model(&vs, &loaded.dir.join(checkpoint::MODEL_FILE))
-            .with_context(|| format!("loading the model of {}", loaded.dir.display()))?;
+        let weights = loaded.model_path();
+        let (vs, model) = model::build(
+            &config,
+            device,
+            PrecisionRule::CudaOnly,
+            None,
+            Some(&weights),
+        )
+        .with_context(|| format!("loading the model of {}", loaded.dir.display()))?;
         Ok(Self {
             config,
             device,
@@ -152,33 +155,17 @@ impl Scorer {
             let ids = batch.input_ids.to_device(self.device);
             let mask = batch.attention_mask.to_device(self.device);
 
-            let image_m = m.visual_encoder_m.forward(&image);
-            let image_feat_m = normalize(&m.vision_proj_m.forward(&image_m.select(1, 0)), -1);
-            let text_m = m
-                .text_encoder_m
-                .bert
-                .forward(&ids, &mask, None, Mode::Text, false);
-            let text_feat_m = normalize(&m.text_proj_m.forward(&text_m.select(1, 0)), -1);
+            let image_feat_m = m.image_feat_m(&m.image_embeds_m(&image));
+            let text_feat_m = m.text_feat_m(&m.text_embeds_m(&ids, &mask, false));
             let own =
                 (&image_feat_m * &text_feat_m).sum_dim_intlist([-1].as_slice(), true, Kind::Float);
             let i2t = own_softmax(&own, &image_feat_m.matmul(&m.text_queue), &temp);
             let t2i = own_softmax(&own, &text_feat_m.matmul(&m.image_queue), &temp);
 
-            let image_embeds = m.visual_encoder.forward(&image);
-            let text_embeds = m
-                .text_encoder
-                .bert
-                .forward(&ids, &mask, None, Mode::Text, false);
-            let fused = m.text_encoder.bert.forward(
-                &text_embeds,
-                &mask,
-                Some(&image_embeds),
-                Mode::Fusion,
-                false,
-            );
+            let image_embeds = m.image_embeds(&image);
+            let text_embeds = m.text_embeds(&ids, &mask, false);
             let itm = m
-                .itm_head
-                .forward(&fused.select(1, 0))
+                .itm_logits(&image_embeds, &text_embeds, &mask, false)
                 .to_kind(Kind::Float)
                 .softmax(-1, Kind::Float)
                 .select(1, 1);

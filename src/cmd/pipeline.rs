@@ -13,7 +13,7 @@
 use super::corpus::{generate_corpus, GenerateArgs};
 use super::filter::FilterArgs;
 use super::ingest::{check_complete, ingest_dataset, IngestArgs};
-use super::train::{TrainArgs, Trained};
+use super::train::TrainArgs;
 use super::{ckpt, parse_flags, Context};
 use crate::output::{print_json, Format, Table};
 use albef_dataset::Stats;
@@ -21,6 +21,7 @@ use albef_dataset::{write_atomic, Status};
 use albef_registry::{DatasetStatus, Registry, RunStatus};
 use albef_train::config::Config;
 use albef_train::trainer::tracking::latest_checkpoint;
+use albef_train::trainer::Trained;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};

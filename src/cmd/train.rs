@@ -8,11 +8,10 @@ use albef_train::checkpoint::Loaded;
 use albef_train::config::{parse_device, Config};
 use albef_train::eval::evaluate_checkpoint;
 use albef_train::trainer::tracking::{flatten_params, latest_checkpoint};
-use albef_train::trainer::{self, Ending, Tracking, TrainJob};
+use albef_train::trainer::{self, Tracking, TrainJob, Trained};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -115,18 +114,6 @@ struct Plan {
     name: String,
     resume: Option<Loaded>,
     tags: Vec<(String, String)>,
-}
-
-/// What a training invocation ended with.
-pub(super) struct Trained {
-    pub run: i64,
-    pub status: RunStatus,
-    pub step: i64,
-    /// The last checkpoint: registry id and model file.
-    pub checkpoint: i64,
-    pub checkpoint_path: PathBuf,
-    /// Metrics of the last step and of the final held-out evaluation.
-    pub metrics: BTreeMap<String, f64>,
 }
 
 impl TrainArgs {
@@ -251,28 +238,16 @@ impl TrainArgs {
         })
         .await
         .context("the training thread panicked")?;
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let trained = match result {
+            Ok(trained) => trained,
             Err(e) => {
                 registry.finish_run(run, RunStatus::Failed).await?;
                 return Err(e.context(format!("run {run} FAILED")));
             }
         };
         flushed.with_context(|| format!("writing the metrics of run {run}"))?;
-        let status = match outcome.ending {
-            Ending::Finished => RunStatus::Finished,
-            Ending::Stopped => RunStatus::Killed,
-        };
-        registry.finish_run(run, status).await?;
-        let (checkpoint, checkpoint_path) = outcome.checkpoint;
-        Ok(Trained {
-            run,
-            status,
-            step: outcome.step,
-            checkpoint,
-            checkpoint_path,
-            metrics: outcome.metrics,
-        })
+        registry.finish_run(run, trained.status).await?;
+        Ok(trained)
     }
 
     /// A fresh run from --config and --dataset, or the continuation of --resume RUN.

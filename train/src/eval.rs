@@ -8,11 +8,8 @@
 //! [`evaluate`] runs a model over a held-out dataset (the loader's eval mode: file order, no
 //! augmentation); [`retrieval`] is the ranking itself, on given features.
 use crate::config::Config;
-use crate::data::{Loader, Mode};
-use crate::model::albef::normalize;
-use crate::model::bert;
-use crate::model::{probe, Albef};
-use crate::trainer::fit::loader_config;
+use crate::data::{loader_config, Loader, Mode};
+use crate::model::{self, Albef, PrecisionRule};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -48,7 +45,8 @@ pub fn evaluate_checkpoint(
     device: Device,
     k_test: i64,
 ) -> Result<Recall> {
-    let (_vs, model) = probe::build(config, device, config.train.seed as i64, Some(weights))?;
+    let seed = Some(config.train.seed as i64);
+    let (_vs, model) = model::build(config, device, PrecisionRule::Config, seed, Some(weights))?;
     let loader = Loader::open(data_dir, loader_config(config, tokenizer, 2, Mode::Eval))
         .with_context(|| format!("opening the evaluation data {}", data_dir.display()))?;
     evaluate(&model, &loader, device, k_test)
@@ -65,14 +63,14 @@ pub fn evaluate(model: &Albef, loader: &Loader, device: Device, k_test: i64) -> 
             for (imgs, txts) in images.chunks(ITM_CHUNK).zip(texts.chunks(ITM_CHUNK)) {
                 let imgs = Tensor::from_slice(imgs).to_device(device);
                 let txts = Tensor::from_slice(txts).to_device(device);
-                let fused = model.text_encoder.bert.forward(
-                    &f.text_embeds.index_select(0, &txts),
-                    &f.text_mask.index_select(0, &txts),
-                    Some(&f.image_embeds.index_select(0, &imgs)),
-                    bert::Mode::Fusion,
-                    false,
-                );
-                let logits = model.itm_head.forward(&fused.select(1, 0)).select(1, 1);
+                let logits = model
+                    .itm_logits(
+                        &f.image_embeds.index_select(0, &imgs),
+                        &f.text_embeds.index_select(0, &txts),
+                        &f.text_mask.index_select(0, &txts),
+                        false,
+                    )
+                    .select(1, 1);
                 scores.extend(Vec::<f64>::try_from(
                     logits.to_kind(Kind::Double).to_device(Device::Cpu),
                 )?);
@@ -112,27 +110,13 @@ fn features(model: &Albef, loader: &Loader, device: Device) -> Result<Features> 
         }
         if !new_rows.is_empty() {
             let rows = Tensor::from_slice(&new_rows);
-            let embeds = model
-                .visual_encoder
-                .forward(&batch.image.index_select(0, &rows).to_device(device));
-            image_feat.push(normalize(
-                &model.vision_proj.forward(&embeds.select(1, 0)),
-                -1,
-            ));
+            let embeds = model.image_embeds(&batch.image.index_select(0, &rows).to_device(device));
+            image_feat.push(model.image_feat(&embeds));
             image_embeds.push(embeds);
         }
         let mask = batch.attention_mask.to_device(device);
-        let embeds = model.text_encoder.bert.forward(
-            &batch.input_ids.to_device(device),
-            &mask,
-            None,
-            bert::Mode::Text,
-            false,
-        );
-        text_feat.push(normalize(
-            &model.text_proj.forward(&embeds.select(1, 0)),
-            -1,
-        ));
+        let embeds = model.text_embeds(&batch.input_ids.to_device(device), &mask, false);
+        text_feat.push(model.text_feat(&embeds));
         text_embeds.push(embeds);
         text_masks.push(mask);
     }

@@ -11,6 +11,7 @@ use super::augment::{augment, decode_jpeg, normalise_into, resize_full, AugmentC
 use super::tokenize::TextEncoder;
 use super::version::{read_rows, DatasetIndex, Rows, Sample};
 use super::weight::LossWeight;
+use crate::config::Config;
 use albef_dataset::seed::rng;
 use anyhow::{bail, Context, Result};
 use fast_image_resize::Resizer;
@@ -81,6 +82,33 @@ impl Default for LoaderConfig {
             mode: Mode::Train,
             score_weights: None,
         }
+    }
+}
+
+/// The loader settings of a run's config (`model.vision.image_res` and `train.*`) for data read
+/// in `mode`, by `workers` threads (at least one).
+pub fn loader_config(
+    config: &Config,
+    tokenizer: &Path,
+    workers: usize,
+    mode: Mode,
+) -> LoaderConfig {
+    let t = &config.train;
+    LoaderConfig {
+        tokenizer: tokenizer.to_path_buf(),
+        image_res: config.model.vision.image_res as usize,
+        batch_size: t.batch_size as usize,
+        max_tokens: t.max_tokens as usize,
+        hflip: t.flip,
+        randaugment: t.randaugment_n > 0,
+        crop_scale: (t.crop_scale[0], t.crop_scale[1]),
+        workers: workers.max(1),
+        seed: t.seed,
+        mode,
+        // Evaluation data is never weighted.
+        score_weights: (t.score_weights && mode == Mode::Train)
+            .then_some(t.score_weight_floor as f32),
+        ..LoaderConfig::default()
     }
 }
 

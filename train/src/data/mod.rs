@@ -9,6 +9,6 @@ pub mod tokenize;
 pub mod version;
 pub mod weight;
 
-pub use loader::{Batch, Epoch, Item, Loader, LoaderConfig, Mode};
+pub use loader::{loader_config, Batch, Epoch, Item, Loader, LoaderConfig, Mode};
 pub use version::{DatasetIndex, Rows, Sample};
 pub use weight::LossWeight;

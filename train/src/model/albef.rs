@@ -1,9 +1,11 @@
 //! The ALBEF pretraining model: student encoders and heads, their momentum (EMA) copies, the
 //! feature queues and the temperature, all in one `VarStore` whose names are the official
-//! checkpoint keys. The losses that use them live in `losses.rs`.
+//! checkpoint keys, and the passes callers run through it (image and text features of the
+//! student and momentum encoders, the fusion pass, the ITM and MLM heads). The losses that use
+//! them live in `losses.rs`; evaluation and the filter call the same passes.
 //! Reference: salesforce/ALBEF models/model_pretrain.py (`ALBEF.__init__` L34-84,
 //! `copy_params` L219-223, `_momentum_update` L227-230, `_dequeue_and_enqueue` L235-250).
-use super::bert::BertForMaskedLm;
+use super::bert::{BertForMaskedLm, Mode};
 use super::layers::{Linear, Precision};
 use super::vit::VisionTransformer;
 use crate::config::{check_queue, ModelConfig};
@@ -205,6 +207,110 @@ impl Albef {
                 .fill_((ptr + batch) % self.cfg.queue_size);
         });
         Ok(())
+    }
+}
+
+/// The passes of the model. Image states are the ViT's tokens [B, N, W] (CLS first), text states
+/// the text layers' [B, L, H] (`mask` [B, L]: 1 for tokens, 0 for padding); a feature is the
+/// L2-normalised projection of the CLS state [B, E]. `train` turns dropout on.
+impl Albef {
+    /// The student ViT's image states.
+    pub fn image_embeds(&self, image: &Tensor) -> Tensor {
+        self.visual_encoder.forward(image)
+    }
+
+    /// The momentum ViT's image states.
+    pub fn image_embeds_m(&self, image: &Tensor) -> Tensor {
+        self.visual_encoder_m.forward(image)
+    }
+
+    /// The student image feature of image states (`vision_proj` of CLS, normalised).
+    pub fn image_feat(&self, image_embeds: &Tensor) -> Tensor {
+        normalize(&self.vision_proj.forward(&image_embeds.select(1, 0)), -1)
+    }
+
+    /// The momentum image feature of momentum image states.
+    pub fn image_feat_m(&self, image_embeds_m: &Tensor) -> Tensor {
+        normalize(
+            &self.vision_proj_m.forward(&image_embeds_m.select(1, 0)),
+            -1,
+        )
+    }
+
+    /// The student text layers' states of token ids [B, L].
+    pub fn text_embeds(&self, input_ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        self.text_encoder
+            .bert
+            .forward(input_ids, mask, None, Mode::Text, train)
+    }
+
+    /// The momentum text layers' states of token ids [B, L].
+    pub fn text_embeds_m(&self, input_ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        self.text_encoder_m
+            .bert
+            .forward(input_ids, mask, None, Mode::Text, train)
+    }
+
+    /// The student text feature of text states (`text_proj` of CLS, normalised).
+    pub fn text_feat(&self, text_embeds: &Tensor) -> Tensor {
+        normalize(&self.text_proj.forward(&text_embeds.select(1, 0)), -1)
+    }
+
+    /// The momentum text feature of momentum text states.
+    pub fn text_feat_m(&self, text_embeds_m: &Tensor) -> Tensor {
+        normalize(&self.text_proj_m.forward(&text_embeds_m.select(1, 0)), -1)
+    }
+
+    /// The fusion layers over text states with cross-attention to image states: [B, L, H].
+    pub fn fusion(
+        &self,
+        image_embeds: &Tensor,
+        text_embeds: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        self.text_encoder
+            .bert
+            .forward(text_embeds, mask, Some(image_embeds), Mode::Fusion, train)
+    }
+
+    /// The ITM head on the fused CLS state: [B, 2] logits (column 1: "match").
+    pub fn itm_logits(
+        &self,
+        image_embeds: &Tensor,
+        text_embeds: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let fused = self.fusion(image_embeds, text_embeds, mask, train);
+        self.itm_head.forward(&fused.select(1, 0))
+    }
+
+    /// The student's MLM logits [N, V] at `positions` (row-major indices into [B * L]) of the
+    /// text states of masked ids, fused with image states.
+    pub fn mlm_logits(
+        &self,
+        image_embeds: &Tensor,
+        text_embeds: &Tensor,
+        mask: &Tensor,
+        positions: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        self.text_encoder
+            .masked_logits(text_embeds, mask, image_embeds, positions, train)
+    }
+
+    /// The momentum model's MLM logits, as [`Albef::mlm_logits`].
+    pub fn mlm_logits_m(
+        &self,
+        image_embeds_m: &Tensor,
+        text_embeds_m: &Tensor,
+        mask: &Tensor,
+        positions: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        self.text_encoder_m
+            .masked_logits(text_embeds_m, mask, image_embeds_m, positions, train)
     }
 }
 

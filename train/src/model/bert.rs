@@ -232,9 +232,9 @@ impl BertModel {
         }
     }
 
-    /// Runs `mode`'s layers. `input` is token ids [B, L] for Text and Full, text states
-    /// [B, L, H] for Fusion; `attention_mask` [B, L] is 1 for tokens and 0 for padding;
-    /// `image` [B, N, W] is required for Fusion and Full.
+    /// Runs `mode`'s layers. `input` is token ids [B, L] for Text, text states [B, L, H] for
+    /// Fusion; `attention_mask` [B, L] is 1 for tokens and 0 for padding; `image` [B, N, W] is
+    /// required for Fusion (Text ignores it).
     pub fn forward(
         &self,
         input: &Tensor,

@@ -20,8 +20,7 @@
 //! that weight, and each loss is the plain mean of the weighted terms, so that all-ones weights
 //! give the unweighted numbers and low-scored pairs teach less. A hard-negative ITM term keeps
 //! weight 1: "this picture does not show that caption" stays true for a noisy caption.
-use super::albef::{normalize, Albef, UNKNOWN_IMAGE};
-use super::bert::Mode;
+use super::albef::{Albef, UNKNOWN_IMAGE};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
@@ -135,6 +134,8 @@ impl Albef {
         self.step(batch, pairs, alpha, &mlm, NegativeSource::Sampled, train)
     }
 
+    /// One training forward (`ALBEF.forward`, L88-214) in the official order: clamp temp, the
+    /// student passes, the teacher, ITC, the enqueue, ITM, MLM.
     fn step(
         &self,
         batch: &Batch,
@@ -145,16 +146,8 @@ impl Albef {
         train: bool,
     ) -> Result<Losses> {
         let bs = batch.image.size()[0];
-        if bs < 2 {
-            bail!("a batch needs at least 2 pairs for hard negatives, got {bs}");
-        }
         let Pairs { idx, weight } = pairs;
-        if let Some(idx) = idx {
-            check_idx(idx, bs)?;
-        }
-        if let Some(weight) = weight {
-            check_weight(weight, bs)?;
-        }
+        check_pairs(bs, idx, weight)?;
         let device = batch.image.device();
         let same = match idx {
             Some(idx) => same_image(idx),
@@ -168,31 +161,63 @@ impl Albef {
         tch::no_grad(|| {
             let _ = self.temp.shallow_clone().clamp_(0.001, 0.5);
         });
-        let mask = &batch.attention_mask;
+        let student = self.student(batch, mlm, train);
+        let teacher = self.teacher(batch, mlm, &positives, alpha, train);
+        let itc = self.itc(&student, &teacher, weight);
+        // Enqueue the momentum features after ITC, before ITM (L130).
+        self.enqueue(&teacher.image_feat_m, &teacher.text_feat_m, idx)?;
+        let negatives = negatives.resolve(&itc, &same)?;
+        let itm = self.itm(&student, &negatives, weight, train);
+        let mlm_loss = self.mlm(&student, &teacher, mlm, alpha, weight, train);
+        Ok(Losses {
+            itc: itc.loss,
+            itm,
+            mlm: mlm_loss,
+        })
+    }
 
-        // Student passes (L92-100). The text layers take the MLM-masked ids in the same batch as
-        // the captions (same weights; the official MLM pass, L188-200, runs them later): one
-        // pass of larger matrix products instead of two.
-        let image_embeds = self.visual_encoder.forward(&batch.image);
-        let image_feat = normalize(&self.vision_proj.forward(&image_embeds.select(1, 0)), -1);
-        let both = self.text_encoder.bert.forward(
+    /// The student passes (L92-100). The text layers take the MLM-masked ids in the same batch as
+    /// the captions (same weights; the official MLM pass, L188-200, runs them later): one pass
+    /// of larger matrix products instead of two.
+    fn student(&self, batch: &Batch, mlm: &MlmInputs, train: bool) -> Student {
+        let bs = batch.image.size()[0];
+        let mask = &batch.attention_mask;
+        let image_embeds = self.image_embeds(&batch.image);
+        let image_feat = self.image_feat(&image_embeds);
+        let both = self.text_embeds(
             &Tensor::cat(&[&batch.input_ids, &mlm.input_ids], 0),
             &Tensor::cat(&[mask, mask], 0),
-            None,
-            Mode::Text,
             train,
         );
         let (text_embeds, mlm_text) = (both.narrow(0, 0, bs), both.narrow(0, bs, bs));
-        let text_feat = normalize(&self.text_proj.forward(&text_embeds.select(1, 0)), -1);
+        let text_feat = self.text_feat(&text_embeds);
+        Student {
+            image_embeds,
+            image_feat,
+            text_embeds,
+            text_feat,
+            mlm_text,
+            mask: mask.shallow_clone(),
+        }
+    }
 
-        // Momentum update, then the teacher (L103-120), without gradient.
-        let teacher = tch::no_grad(|| {
+    /// The momentum update, then the teacher (L103-120), without gradient: the momentum
+    /// features, the ITC pseudo-targets `alpha * softmax(sim_m) + (1 - alpha) * positives` over
+    /// [batch, queue], and the states that MLM distillation needs.
+    fn teacher(
+        &self,
+        batch: &Batch,
+        mlm: &MlmInputs,
+        positives: &Tensor,
+        alpha: f64,
+        train: bool,
+    ) -> Teacher {
+        tch::no_grad(|| {
             self.momentum_update();
-            let image_embeds_m = self.visual_encoder_m.forward(&batch.image);
-            let image_feat_m = normalize(
-                &self.vision_proj_m.forward(&image_embeds_m.select(1, 0)),
-                -1,
-            );
+            let bs = batch.image.size()[0];
+            let mask = &batch.attention_mask;
+            let image_embeds_m = self.image_embeds_m(&batch.image);
+            let image_feat_m = self.image_feat_m(&image_embeds_m);
             // The teacher's MLM states only matter with alpha > 0 (they are its weight).
             let distill = alpha > 0.0;
             let (ids_m, mask_m) = if distill {
@@ -203,19 +228,15 @@ impl Albef {
             } else {
                 (batch.input_ids.shallow_clone(), mask.shallow_clone())
             };
-            let both_m = self
-                .text_encoder_m
-                .bert
-                .forward(&ids_m, &mask_m, None, Mode::Text, train);
-            let text_m = both_m.narrow(0, 0, bs);
-            let text_feat_m = normalize(&self.text_proj_m.forward(&text_m.select(1, 0)), -1);
+            let both_m = self.text_embeds_m(&ids_m, &mask_m, train);
+            let text_feat_m = self.text_feat_m(&both_m.narrow(0, 0, bs));
             let image_feat_all = Tensor::cat(&[image_feat_m.tr(), self.image_queue.copy()], 1);
             let text_feat_all = Tensor::cat(&[text_feat_m.tr(), self.text_queue.copy()], 1);
             let sim_i2t_m = image_feat_m.matmul(&text_feat_all) / &self.temp;
             let sim_t2i_m = text_feat_m.matmul(&image_feat_all) / &self.temp;
             Teacher {
-                i2t_targets: soft_targets(&sim_i2t_m, &positives, alpha),
-                t2i_targets: soft_targets(&sim_t2i_m, &positives, alpha),
+                i2t_targets: soft_targets(&sim_i2t_m, positives, alpha),
+                t2i_targets: soft_targets(&sim_t2i_m, positives, alpha),
                 image_embeds_m,
                 image_feat_m,
                 text_feat_m,
@@ -223,35 +244,40 @@ impl Albef {
                 text_feat_all,
                 mlm_text_m: distill.then(|| both_m.narrow(0, bs, bs)),
             }
-        });
+        })
+    }
 
-        // ITC with momentum distillation (L122-128).
-        let sim_i2t = image_feat.matmul(&teacher.text_feat_all) / &self.temp;
-        let sim_t2i = text_feat.matmul(&teacher.image_feat_all) / &self.temp;
-        let itc = (soft_cross_entropy(&sim_i2t, &teacher.i2t_targets, weight)
+    /// ITC with momentum distillation (L122-128): the student's similarities to [batch, queue]
+    /// against the teacher's pseudo-targets, each pair's two terms weighted by `weight`.
+    fn itc(&self, student: &Student, teacher: &Teacher, weight: Option<&Tensor>) -> Itc {
+        let sim_i2t = student.image_feat.matmul(&teacher.text_feat_all) / &self.temp;
+        let sim_t2i = student.text_feat.matmul(&teacher.image_feat_all) / &self.temp;
+        let loss = (soft_cross_entropy(&sim_i2t, &teacher.i2t_targets, weight)
             + soft_cross_entropy(&sim_t2i, &teacher.t2i_targets, weight))
             / 2.0;
+        Itc {
+            loss,
+            sim_i2t,
+            sim_t2i,
+        }
+    }
 
-        // Enqueue the momentum features after ITC, before ITM (L130).
-        self.enqueue(&teacher.image_feat_m, &teacher.text_feat_m, idx)?;
-
-        // ITM (L134-185): positives and both kinds of hard negatives in one fusion pass.
-        let sampled;
-        let negatives = match negatives {
-            NegativeSource::Given(n) => {
-                check_indices(&n.image_idx, &same, "neg_image_idx")?;
-                check_indices(&n.text_idx, &same, "neg_text_idx")?;
-                n
-            }
-            NegativeSource::Sampled => {
-                sampled = tch::no_grad(|| sample_negatives(&sim_i2t, &sim_t2i, &same))?;
-                &sampled
-            }
-        };
+    /// ITM (L134-185): the positives and both kinds of hard negatives in one fusion pass; the
+    /// positives weighted by `weight`, the hard negatives 1 (module docs).
+    fn itm(
+        &self,
+        student: &Student,
+        negatives: &Negatives,
+        weight: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let (text_embeds, image_embeds, mask) =
+            (&student.text_embeds, &student.image_embeds, &student.mask);
+        let bs = text_embeds.size()[0];
         let text_all = Tensor::cat(
             &[
-                &text_embeds,
-                &text_embeds,
+                text_embeds,
+                text_embeds,
                 &text_embeds.index_select(0, &negatives.text_idx),
             ],
             0,
@@ -259,20 +285,13 @@ impl Albef {
         let mask_all = Tensor::cat(&[mask, mask, &mask.index_select(0, &negatives.text_idx)], 0);
         let image_all = Tensor::cat(
             &[
-                &image_embeds,
+                image_embeds,
                 &image_embeds.index_select(0, &negatives.image_idx),
-                &image_embeds,
+                image_embeds,
             ],
             0,
         );
-        let fused = self.text_encoder.bert.forward(
-            &text_all,
-            &mask_all,
-            Some(&image_all),
-            Mode::Fusion,
-            train,
-        );
-        let itm_logits = self.itm_head.forward(&fused.select(1, 0));
+        let itm_logits = self.itm_logits(&image_all, &text_all, &mask_all, train);
         let itm_labels = Tensor::cat(
             &[
                 Tensor::ones([bs], (Kind::Int64, itm_logits.device())),
@@ -280,10 +299,9 @@ impl Albef {
             ],
             0,
         );
-        let itm = match weight {
+        match weight {
             None => itm_logits.cross_entropy_for_logits(&itm_labels),
             Some(w) => {
-                // Positives weighted, hard negatives 1 (module docs).
                 let terms = itm_logits
                     .log_softmax(-1, Kind::Float)
                     .gather(1, &itm_labels.unsqueeze(1), false)
@@ -292,61 +310,89 @@ impl Albef {
                 let ones = Tensor::ones([2 * bs], (Kind::Float, itm_logits.device()));
                 (terms * Tensor::cat(&[w, &ones], 0)).mean(Kind::Float)
             }
-        };
+        }
+    }
 
-        // MLM with momentum distillation (L188-212), vocabulary projection at masked rows only.
+    /// MLM with momentum distillation (L188-212), the vocabulary projection at masked rows only:
+    /// `ce * (1 - alpha) + distill * alpha`, each masked token weighted by its pair's weight.
+    fn mlm(
+        &self,
+        student: &Student,
+        teacher: &Teacher,
+        mlm: &MlmInputs,
+        alpha: f64,
+        weight: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let mask = &student.mask;
         let positions = mlm.labels.view([-1]).ne(IGNORE).nonzero().squeeze_dim(1);
-        let mlm_loss = if positions.size()[0] == 0 {
+        if positions.size()[0] == 0 {
             // Nothing masked (possible with short captions): no MLM signal in this batch.
-            Tensor::zeros([], (Kind::Float, image_feat.device()))
-        } else {
-            let targets = mlm.labels.view([-1]).index_select(0, &positions);
-            let soft = teacher.mlm_text_m.as_ref().map(|text_m| {
-                tch::no_grad(|| {
-                    self.text_encoder_m
-                        .masked_logits(text_m, mask, &teacher.image_embeds_m, &positions, train)
-                        .softmax(-1, Kind::Float)
-                })
-            });
-            let logits =
-                self.text_encoder
-                    .masked_logits(&mlm_text, mask, &image_embeds, &positions, train);
-            let log_probs = logits.log_softmax(-1, Kind::Float);
-            let distill_terms = soft.map(|soft| {
-                (soft * &log_probs)
-                    .sum_dim_intlist([-1].as_slice(), false, Kind::Float)
-                    .neg()
-            });
-            let (ce, distill) = match weight {
-                None => (
-                    log_probs.nll_loss(&targets),
-                    distill_terms.map(|d| d.mean(Kind::Float)),
-                ),
-                Some(w) => {
-                    // Each masked token weighted by its pair's weight.
-                    let row = positions.divide_scalar_mode(mlm.labels.size()[1], "floor");
-                    let w = w.index_select(0, &row);
-                    let ce_terms = log_probs
-                        .gather(1, &targets.unsqueeze(1), false)
-                        .squeeze_dim(1)
-                        .neg();
-                    (
-                        (ce_terms * &w).mean(Kind::Float),
-                        distill_terms.map(|d| (d * &w).mean(Kind::Float)),
-                    )
-                }
-            };
-            match distill {
-                Some(distill) => ce * (1.0 - alpha) + distill * alpha,
-                // alpha = 0: the teacher's term has weight 0 and is not computed.
-                None => ce * (1.0 - alpha),
+            return Tensor::zeros([], (Kind::Float, student.image_feat.device()));
+        }
+        let targets = mlm.labels.view([-1]).index_select(0, &positions);
+        let soft = teacher.mlm_text_m.as_ref().map(|text_m| {
+            tch::no_grad(|| {
+                self.mlm_logits_m(&teacher.image_embeds_m, text_m, mask, &positions, train)
+                    .softmax(-1, Kind::Float)
+            })
+        });
+        let logits = self.mlm_logits(
+            &student.image_embeds,
+            &student.mlm_text,
+            mask,
+            &positions,
+            train,
+        );
+        let log_probs = logits.log_softmax(-1, Kind::Float);
+        let distill_terms = soft.map(|soft| {
+            (soft * &log_probs)
+                .sum_dim_intlist([-1].as_slice(), false, Kind::Float)
+                .neg()
+        });
+        let (ce, distill) = match weight {
+            None => (
+                log_probs.nll_loss(&targets),
+                distill_terms.map(|d| d.mean(Kind::Float)),
+            ),
+            Some(w) => {
+                let row = positions.divide_scalar_mode(mlm.labels.size()[1], "floor");
+                let w = w.index_select(0, &row);
+                let ce_terms = log_probs
+                    .gather(1, &targets.unsqueeze(1), false)
+                    .squeeze_dim(1)
+                    .neg();
+                (
+                    (ce_terms * &w).mean(Kind::Float),
+                    distill_terms.map(|d| (d * &w).mean(Kind::Float)),
+                )
             }
         };
-        Ok(Losses {
-            itc,
-            itm,
-            mlm: mlm_loss,
-        })
+        match distill {
+            Some(distill) => ce * (1.0 - alpha) + distill * alpha,
+            // alpha = 0: the teacher's term has weight 0 and is not computed.
+            None => ce * (1.0 - alpha),
+        }
+    }
+}
+
+impl NegativeSource<'_> {
+    /// The hard negatives of ITM: given ones, checked against the pairs' pictures (`same`), or
+    /// drawn from the student's ITC similarities.
+    fn resolve(self, itc: &Itc, same: &Tensor) -> Result<Negatives> {
+        match self {
+            NegativeSource::Given(n) => {
+                check_indices(&n.image_idx, same, "neg_image_idx")?;
+                check_indices(&n.text_idx, same, "neg_text_idx")?;
+                Ok(Negatives {
+                    image_idx: n.image_idx.shallow_clone(),
+                    text_idx: n.text_idx.shallow_clone(),
+                })
+            }
+            NegativeSource::Sampled => {
+                tch::no_grad(|| sample_negatives(&itc.sim_i2t, &itc.sim_t2i, same))
+            }
+        }
     }
 }
 
@@ -356,6 +402,18 @@ struct Pairs<'a> {
     idx: Option<&'a Tensor>,
     /// Per-pair loss weights (f32 [B]); None: unweighted.
     weight: Option<&'a Tensor>,
+}
+
+/// What the student passes hand to the losses.
+struct Student {
+    image_embeds: Tensor,
+    image_feat: Tensor,
+    text_embeds: Tensor,
+    text_feat: Tensor,
+    /// The text layers' states of the MLM-masked ids.
+    mlm_text: Tensor,
+    /// The captions' attention mask.
+    mask: Tensor,
 }
 
 /// What the no-grad teacher pass hands to the student losses.
@@ -369,6 +427,13 @@ struct Teacher {
     text_feat_all: Tensor,
     /// The text layers' states of the MLM-masked ids (only with alpha > 0).
     mlm_text_m: Option<Tensor>,
+}
+
+/// ITC's loss and the student's similarities it came from ([B, B + Q] each).
+struct Itc {
+    loss: Tensor,
+    sim_i2t: Tensor,
+    sim_t2i: Tensor,
 }
 
 /// `alpha * softmax(sim_m) + (1 - alpha) * positives` over [B, B + Q] (in fp32); `positives`
@@ -506,6 +571,20 @@ fn check_indices(idx: &Tensor, same: &Tensor, name: &str) -> Result<()> {
             "{name}[{b}] = {} shows pair {b}'s own picture, which is not a negative",
             idx.int64_value(&[b])
         );
+    }
+    Ok(())
+}
+
+/// A batch of at least 2 pairs (ITM needs a negative), with valid pictures and weights.
+fn check_pairs(bs: i64, idx: Option<&Tensor>, weight: Option<&Tensor>) -> Result<()> {
+    if bs < 2 {
+        bail!("a batch needs at least 2 pairs for hard negatives, got {bs}");
+    }
+    if let Some(idx) = idx {
+        check_idx(idx, bs)?;
+    }
+    if let Some(weight) = weight {
+        check_weight(weight, bs)?;
     }
     Ok(())
 }

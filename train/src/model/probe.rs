@@ -2,7 +2,7 @@
 //! forward on given weights and a given batch (for parity checks against other
 //! implementations), and the median time of a full training step (forward, backward, AdamW).
 use super::albef::{Albef, DECAY_GROUP, NO_DECAY_GROUP};
-use super::layers::Precision;
+use super::builder::PrecisionRule;
 use super::losses::{Batch, MlmInputs, Negatives};
 use super::weights;
 use crate::config::Config;
@@ -19,30 +19,16 @@ pub struct LossValues {
     pub loss_mlm: f64,
 }
 
-/// Builds the model on `device`: random init from `seed`, then `weights` (an official-layout
-/// safetensors state dict, every key required) when given.
+/// The model commands' build (see [`super::build`]): the config's precision, random init from
+/// `seed`, then `weights` (an official-layout safetensors state dict, every key required) when
+/// given.
 pub fn build(
     config: &Config,
     device: Device,
     seed: i64,
     weights: Option<&Path>,
 ) -> Result<(nn::VarStore, Albef)> {
-    tch::manual_seed(seed);
-    let vs = nn::VarStore::new(device);
-    if config.train.amp && device == Device::Cpu && !Precision::cpu_has_bf16() {
-        tracing::warn!(
-            "train.amp asks for bf16 matmuls, but this CPU has no bf16 instructions \
-             (avx512_bf16 or amx_bf16): they will be slower than fp32"
-        );
-    }
-    let precision = Precision::new(config.train.amp);
-    let model = Albef::new(&vs, &config.model, precision)?;
-    if let Some(path) = weights {
-        let report = weights::load(&vs, path)?;
-        report.ensure_complete()?;
-        tracing::info!("{report}");
-    }
-    Ok((vs, model))
+    super::build(config, device, PrecisionRule::Config, Some(seed), weights)
 }
 
 /// One training forward (momentum update and enqueue included, dropout off) on the batch file

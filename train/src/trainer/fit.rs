@@ -8,21 +8,25 @@
 //! epoch, position); so the checkpointed step and data position are the whole random state,
 //! and a resumed run computes the same losses as an uninterrupted one.
 use super::adamw::{AdamW, AdamWOptions};
+use super::checkpoint::{self, DataPosition, Loaded, TrainerState};
 use super::schedule::{AlphaRamp, LrSchedule};
 use super::tracking::Tracking;
-use crate::checkpoint::{self, DataPosition, Loaded, TrainerState};
-use crate::config::{check_queue, Config};
-use crate::data::{self, Epoch, Loader, LoaderConfig};
+use crate::config::{check_queue, Config, TrainConfig};
+use crate::data::{self, Epoch, Loader};
 use crate::eval;
-use crate::model::{self, probe, weights};
+use crate::model::{self, weights, Albef, PrecisionRule};
 use albef_dataset::seed::derive_seed;
+use albef_registry::RunStatus;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tch::Device;
+use tch::{nn, Device};
+
+/// The loader settings of a run's config (owned by `data`; the trainer's callers name them here).
+pub use crate::data::loader_config;
 
 /// AdamW epsilon (torch's default, as in the official optimiser).
 const ADAM_EPS: f64 = 1e-8;
@@ -61,88 +65,372 @@ pub struct TrainJob {
     pub progress: bool,
 }
 
-/// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// All steps done.
-    Finished,
-    /// Stopped on request (Ctrl-C) after writing a checkpoint.
-    Stopped,
-}
-
-/// The result of a run that did not fail.
+/// What a run that did not fail ended with: the one training result, which the CLI's `train`
+/// command prints and the pipeline's train stages record.
 #[derive(Clone, Debug)]
-pub struct Outcome {
-    pub ending: Ending,
+pub struct Trained {
+    /// The registry run.
+    pub run: i64,
+    /// FINISHED when every planned step is done, KILLED when stopped on request (after writing
+    /// a checkpoint).
+    pub status: RunStatus,
     /// Optimiser steps completed.
     pub step: i64,
     /// The last checkpoint: registry id and model file.
-    pub checkpoint: (i64, PathBuf),
-    /// Metrics of the last step (and the last evaluation).
+    pub checkpoint: i64,
+    pub checkpoint_path: PathBuf,
+    /// Metrics of the last step and of the last held-out evaluation.
     pub metrics: BTreeMap<String, f64>,
-}
-
-/// The newest good checkpoint, named in the error of a run that fails.
-#[derive(Clone, Debug, Default)]
-struct LastGood(Option<(i64, i64, PathBuf)>);
-
-impl LastGood {
-    fn describe(&self) -> String {
-        match &self.0 {
-            Some((id, step, path)) => format!(
-                "the last good checkpoint is {id} (step {step}, {})",
-                path.display()
-            ),
-            None => "no checkpoint was written".to_string(),
-        }
-    }
-}
-
-/// The loader settings of a config.
-pub fn loader_config(
-    config: &Config,
-    tokenizer: &Path,
-    workers: usize,
-    mode: data::Mode,
-) -> LoaderConfig {
-    let t = &config.train;
-    LoaderConfig {
-        tokenizer: tokenizer.to_path_buf(),
-        image_res: config.model.vision.image_res as usize,
-        batch_size: t.batch_size as usize,
-        max_tokens: t.max_tokens as usize,
-        hflip: t.flip,
-        randaugment: t.randaugment_n > 0,
-        crop_scale: (t.crop_scale[0], t.crop_scale[1]),
-        workers: workers.max(1),
-        seed: t.seed,
-        mode,
-        // Evaluation data is never weighted.
-        score_weights: (t.score_weights && mode == data::Mode::Train)
-            .then_some(t.score_weight_floor as f32),
-        ..LoaderConfig::default()
-    }
 }
 
 /// Trains until the planned step count, a stop request (`stop` set, e.g. by Ctrl-C: a
 /// checkpoint is written first) or an error. A non-finite loss or gradient is an error that
 /// names the step and the last good checkpoint; nothing is saved after it.
-pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Outcome> {
-    let config = &job.config;
-    let t = &config.train;
-    if job.accumulate < 1 {
-        bail!("--accumulate must be at least 1, got {}", job.accumulate);
+pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Trained> {
+    let mut run = Run::set_up(job, tracking)?;
+    while run.state.step < run.state.total_steps {
+        if stop.load(Ordering::SeqCst) {
+            return run.stop();
+        }
+        let record = run.step()?;
+        run.after_step(&record)?;
     }
-    if t.threads > 0 {
-        tch::set_num_threads(t.threads);
+    run.finish()
+}
+
+/// A checkpoint this run wrote.
+#[derive(Clone, Debug)]
+struct Saved {
+    /// Registry id.
+    id: i64,
+    step: i64,
+    /// The model file.
+    path: PathBuf,
+}
+
+/// The newest good checkpoint, as the error of a run that fails names it.
+fn describe_last_good(saved: &Option<Saved>) -> String {
+    match saved {
+        Some(s) => format!(
+            "the last good checkpoint is {} (step {}, {})",
+            s.id,
+            s.step,
+            s.path.display()
+        ),
+        None => "no checkpoint was written".to_string(),
     }
-    // The queue takes a whole global batch at a time: check before any work (one process).
-    check_queue(config.model.queue_size, t.batch_size)?;
-    let loader = Loader::open(
-        &job.data_dir,
-        loader_config(config, &job.tokenizer, job.workers, data::Mode::Train),
-    )
-    .with_context(|| format!("opening the training data {}", job.data_dir.display()))?;
+}
+
+/// What one optimiser step measured.
+struct StepRecord {
+    /// Mean over the micro-batches of (itc, itm, mlm, total).
+    losses: [f64; 4],
+    lr: f64,
+    alpha: f64,
+    grad_norm: f64,
+    /// Wall time of the step (seconds) and the part of it spent waiting for data.
+    elapsed: f64,
+    waited: Duration,
+}
+
+/// A run in progress: its data, model and optimiser, and the state a checkpoint saves.
+struct Run<'a> {
+    job: TrainJob,
+    tracking: &'a Tracking,
+    loader: Loader,
+    eval_loader: Option<Loader>,
+    vs: nn::VarStore,
+    model: Albef,
+    optimizer: AdamW,
+    state: TrainerState,
+    /// The epoch being read, positioned at `state.data`.
+    batches: Epoch,
+    bar: ProgressBar,
+    /// Steps between two log lines.
+    log_every: i64,
+    /// The newest checkpoint written.
+    saved: Option<Saved>,
+}
+
+impl<'a> Run<'a> {
+    /// Set-up and resume: checks the job, opens the data, builds the model and the optimiser,
+    /// then restores the checkpoint to resume from or starts a fresh state.
+    fn set_up(mut job: TrainJob, tracking: &'a Tracking) -> Result<Self> {
+        let resume = job.resume.take();
+        let t = &job.config.train;
+        if job.accumulate < 1 {
+            bail!("--accumulate must be at least 1, got {}", job.accumulate);
+        }
+        if t.threads > 0 {
+            tch::set_num_threads(t.threads);
+        }
+        // The queue takes a whole global batch at a time: check before any work (one process).
+        check_queue(job.config.model.queue_size, t.batch_size)?;
+        let (loader, eval_loader) = open_data(&job, tracking)?;
+        let steps_per_epoch = loader.batches_per_epoch() as i64 / job.accumulate;
+        if steps_per_epoch == 0 {
+            bail!(
+                "{} has {} usable rows: not enough for one step of {} x {} pairs",
+                job.data_dir.display(),
+                loader.len(),
+                t.batch_size,
+                job.accumulate
+            );
+        }
+        let seed = Some(t.seed as i64);
+        let (vs, model) = model::build(&job.config, job.device, PrecisionRule::Config, seed, None)?;
+        let mut optimizer = optimizer(&vs, t)?;
+        let state = match resume {
+            Some(loaded) => resumed_state(loaded, &job, &vs, &mut optimizer, tracking.run)?,
+            None => fresh_state(&job, &vs, &model, steps_per_epoch, tracking.run)?,
+        };
+        if state.step >= state.total_steps {
+            bail!(
+                "the run is already at step {} of {}: give more --steps to continue",
+                state.step,
+                state.total_steps
+            );
+        }
+        Ok(Run {
+            bar: progress_bar(job.progress, state.step, state.total_steps),
+            batches: loader.epoch(state.data.epoch as u64, state.data.batch as usize),
+            log_every: (state.total_steps / 20).clamp(1, 50),
+            job,
+            tracking,
+            loader,
+            eval_loader,
+            vs,
+            model,
+            optimizer,
+            state,
+            saved: None,
+        })
+    }
+
+    /// One optimiser step: `accumulate` micro-batches forward and backward, the gradient
+    /// guard, clipping, AdamW at the scheduled learning rate.
+    fn step(&mut self) -> Result<StepRecord> {
+        let started = Instant::now();
+        let step = self.state.step;
+        let lr = self.state.lr.lr_at(step);
+        let alpha = self.state.alpha.alpha_at(step);
+        self.optimizer.zero_grad();
+        let mut waited = Duration::ZERO;
+        let mut losses = [0f64; 4];
+        for micro in 0..self.job.accumulate {
+            let fetch = Instant::now();
+            let batch = next_batch(&self.loader, &mut self.batches, &mut self.state.data)?;
+            waited += fetch.elapsed();
+            let values = self.micro_step(batch, micro, alpha)?;
+            for (s, v) in losses.iter_mut().zip(values) {
+                *s += v / self.job.accumulate as f64;
+            }
+        }
+        let grad_norm = self.optimizer.clip_grad_norm(self.job.clip_grad);
+        if !grad_norm.is_finite() {
+            self.bar.abandon();
+            bail!(
+                "the gradient norm is {grad_norm} at step {}: stopping without saving; {}",
+                step + 1,
+                describe_last_good(&self.saved)
+            );
+        }
+        self.optimizer.step(lr);
+        self.state.step += 1;
+        Ok(StepRecord {
+            losses,
+            lr,
+            alpha,
+            grad_norm,
+            elapsed: started.elapsed().as_secs_f64().max(1e-9),
+            waited,
+        })
+    }
+
+    /// One micro-batch of the current step: the forward with libtorch's generator seeded from
+    /// (seed, step, micro-batch), the loss guard, the backward of its share of the loss.
+    /// Returns its (itc, itm, mlm, total) losses.
+    fn micro_step(&self, batch: data::Batch, micro: i64, alpha: f64) -> Result<[f64; 4]> {
+        let (device, step) = (self.job.device, self.state.step);
+        let idx = batch.idx.to_device(device);
+        let weight = batch.weight.as_ref().map(|w| w.to_device(device));
+        let batch = model::Batch {
+            image: batch.image.to_device(device),
+            input_ids: batch.input_ids.to_device(device),
+            attention_mask: batch.attention_mask.to_device(device),
+        };
+        tch::manual_seed(
+            derive_seed(&[self.state.seed, step as u64, micro as u64, 0xa1be_f5ee]) as i64,
+        );
+        let losses = self
+            .model
+            .losses_with_idx(&batch, &idx, weight.as_ref(), alpha, true)?;
+        let total = losses.total();
+        let values = [
+            losses.itc.double_value(&[]),
+            losses.itm.double_value(&[]),
+            losses.mlm.double_value(&[]),
+            total.double_value(&[]),
+        ];
+        if let Some((name, v)) = ["loss_itc", "loss_itm", "loss_mlm", "loss"]
+            .iter()
+            .zip(values)
+            .find(|(_, v)| !v.is_finite())
+        {
+            self.bar.abandon();
+            bail!(
+                "{name} is {v} at step {} (micro-batch {micro}): stopping without saving; {}",
+                step + 1,
+                describe_last_good(&self.saved)
+            );
+        }
+        (total / self.job.accumulate as f64).backward();
+        Ok(values)
+    }
+
+    /// What follows a step: its metrics, then the held-out evaluation and a checkpoint when
+    /// they are due (always after the last step).
+    fn after_step(&mut self, record: &StepRecord) -> Result<()> {
+        self.log_step(record)?;
+        let step = self.state.step;
+        let last = step == self.state.total_steps;
+        let every = |n: i64| n > 0 && step % n == 0;
+        if self.eval_loader.is_some() && (last || every(self.job.eval_every)) {
+            self.evaluate()?;
+        }
+        if last || every(self.job.checkpoint_every) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// The step's metrics to the registry, the trainer state and the progress bar; a log line
+    /// every `log_every` steps.
+    fn log_step(&mut self, r: &StepRecord) -> Result<()> {
+        let [itc, itm, mlm, loss] = r.losses;
+        let images_per_step = (self.job.config.train.batch_size * self.job.accumulate) as f64;
+        let images_per_s = images_per_step / r.elapsed;
+        let metrics = [
+            ("loss_itc", itc),
+            ("loss_itm", itm),
+            ("loss_mlm", mlm),
+            ("loss", loss),
+            ("lr", r.lr),
+            ("alpha", r.alpha),
+            ("temp", self.model.temp.double_value(&[])),
+            ("grad_norm", r.grad_norm),
+            ("images_per_s", images_per_s),
+            ("data_wait_pct", 100.0 * r.waited.as_secs_f64() / r.elapsed),
+        ];
+        let step = self.state.step;
+        for (k, v) in metrics {
+            self.tracking.log(k, step, v)?;
+            self.state.metrics.insert(k.to_string(), v);
+        }
+        self.bar.set_position(step as u64);
+        self.bar.set_message(format!(
+            "loss {loss:.3} (itc {itc:.3} itm {itm:.3} mlm {mlm:.3}) {images_per_s:.1} img/s"
+        ));
+        if step % self.log_every == 0 || step == self.state.total_steps {
+            tracing::info!(
+                step,
+                total = self.state.total_steps,
+                loss,
+                loss_itc = itc,
+                loss_itm = itm,
+                loss_mlm = mlm,
+                images_per_s,
+                "step {step}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Held-out retrieval at this step, logged with the step's metrics.
+    fn evaluate(&mut self) -> Result<()> {
+        let Some(eval_loader) = &self.eval_loader else {
+            return Ok(());
+        };
+        let recall = eval::evaluate(&self.model, eval_loader, self.job.device, self.job.k_test)
+            .context("evaluating on the held-out data")?;
+        for (k, v) in recall.entries() {
+            self.tracking.log(k, self.state.step, v)?;
+            self.state.metrics.insert(k.to_string(), v);
+        }
+        tracing::info!(
+            step = self.state.step,
+            r1_t2i = recall.r1_t2i,
+            r1_i2t = recall.r1_i2t,
+            "held-out retrieval"
+        );
+        Ok(())
+    }
+
+    /// Writes the checkpoint of this step and registers it with the step's metrics.
+    fn save(&mut self) -> Result<Saved> {
+        let step = self.state.step;
+        let dir = checkpoint::step_dir(&self.job.checkpoint_dir, step);
+        let path = checkpoint::save(&dir, &self.vs, &self.optimizer, &self.state)?;
+        let metrics: Vec<(String, f64)> = self
+            .state
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let id = self.tracking.register_checkpoint(&path, step, &metrics)?;
+        let saved = Saved { id, step, path };
+        self.saved = Some(saved.clone());
+        Ok(saved)
+    }
+
+    /// Stopped on request: a checkpoint of this step (unless it was just written), KILLED.
+    fn stop(mut self) -> Result<Trained> {
+        self.bar.finish_and_clear();
+        let saved = match &self.saved {
+            Some(s) if s.step == self.state.step => s.clone(),
+            _ => self.save()?,
+        };
+        tracing::info!(
+            step = self.state.step,
+            checkpoint = saved.id,
+            "stopped on request"
+        );
+        Ok(self.trained(RunStatus::Killed, saved))
+    }
+
+    /// Every planned step done; the last step wrote a checkpoint.
+    fn finish(self) -> Result<Trained> {
+        self.bar.finish_and_clear();
+        let saved = self
+            .saved
+            .clone()
+            .context("the loop ended without a checkpoint")?;
+        Ok(self.trained(RunStatus::Finished, saved))
+    }
+
+    fn trained(self, status: RunStatus, saved: Saved) -> Trained {
+        Trained {
+            run: self.tracking.run,
+            status,
+            step: self.state.step,
+            checkpoint: saved.id,
+            checkpoint_path: saved.path,
+            metrics: self.state.metrics,
+        }
+    }
+}
+
+/// Opens the training data (logging its loss weights when score-weighted) and the held-out
+/// data when the job names it.
+fn open_data(job: &TrainJob, tracking: &Tracking) -> Result<(Loader, Option<Loader>)> {
+    let open = |dir: &Path, mode: data::Mode, what: &str| {
+        Loader::open(
+            dir,
+            loader_config(&job.config, &job.tokenizer, job.workers, mode),
+        )
+        .with_context(|| format!("opening the {what} data {}", dir.display()))
+    };
+    let loader = open(&job.data_dir, data::Mode::Train, "training")?;
     if let Some(w) = loader.loss_weight() {
         tracing::info!(
             rows = loader.len(),
@@ -158,32 +446,21 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
         ])?;
     }
     let eval_loader = match &job.eval_dir {
-        Some(dir) => Some(
-            Loader::open(
-                dir,
-                loader_config(config, &job.tokenizer, job.workers, data::Mode::Eval),
-            )
-            .with_context(|| format!("opening the evaluation data {}", dir.display()))?,
-        ),
+        Some(dir) => Some(open(dir, data::Mode::Eval, "evaluation")?),
         None => None,
     };
-    let steps_per_epoch = loader.batches_per_epoch() as i64 / job.accumulate;
-    if steps_per_epoch == 0 {
-        bail!(
-            "{} has {} usable rows: not enough for one step of {} x {} pairs",
-            job.data_dir.display(),
-            loader.len(),
-            t.batch_size,
-            job.accumulate
-        );
-    }
-    let (vs, model) = probe::build(config, job.device, t.seed as i64, None)?;
+    Ok((loader, eval_loader))
+}
+
+/// AdamW with the recipe's betas and weight decay, and the learning-rate scales of `temp` and
+/// of the image encoder.
+fn optimizer(vs: &nn::VarStore, t: &TrainConfig) -> Result<AdamW> {
     let options = AdamWOptions {
         betas: t.betas,
         eps: ADAM_EPS,
         weight_decay: t.weight_decay,
     };
-    let mut optimizer = AdamW::new(&vs, options)?;
+    let mut optimizer = AdamW::new(vs, options)?;
     optimizer
         .set_lr_scale(model::albef::TEMP, t.temp_lr_scale)
         .context("train.temp_lr_scale")?;
@@ -192,232 +469,80 @@ pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Ou
             .set_lr_scale_prefix(module, t.vision_lr_scale)
             .context("train.vision_lr_scale")?;
     }
+    Ok(optimizer)
+}
 
-    let mut state = match job.resume {
-        Some(loaded) => {
-            let mut state = loaded.restore(&vs, &mut optimizer)?;
-            if state.accumulate != job.accumulate || state.clip_grad != job.clip_grad {
-                bail!(
-                    "the checkpoint was trained with accumulate {} and clip {:?}; resume with the same",
-                    state.accumulate,
-                    state.clip_grad
-                );
-            }
-            if let Some(steps) = job.steps {
-                if steps != state.total_steps {
-                    tracing::warn!(
-                        from = state.total_steps,
-                        to = steps,
-                        "changing the planned steps re-plans the cosine decay"
-                    );
-                    state.total_steps = steps;
-                    state.lr.total_steps = steps;
-                }
-            }
-            state.run = tracking.run;
-            state
-        }
-        None => {
-            if let Some(path) = &config.model.text.init {
-                let report = weights::init_text_from_hf_bert(&vs, Path::new(path))
-                    .with_context(|| format!("model.text.init {path}"))?;
-                if report.loaded == 0 || !report.mismatched.is_empty() {
-                    bail!("model.text.init does not fit model.text: {report}");
-                }
-                tracing::info!("text encoder initialised from {report}");
-                model.copy_params();
-            }
-            let total_steps = job.steps.filter(|&s| s > 0).unwrap_or(if t.max_steps > 0 {
-                t.max_steps
-            } else {
-                t.epochs * steps_per_epoch
-            });
-            TrainerState {
-                run: tracking.run,
-                dataset_version: job.dataset_version,
-                step: 0,
-                total_steps,
-                steps_per_epoch,
-                accumulate: job.accumulate,
-                clip_grad: job.clip_grad,
-                seed: t.seed,
-                data: DataPosition::default(),
-                lr: LrSchedule::new(t, total_steps),
-                alpha: AlphaRamp::new(&config.model, t, steps_per_epoch),
-                config: config.clone(),
-                metrics: BTreeMap::new(),
-            }
-        }
-    };
-    if state.step >= state.total_steps {
+/// Resume: the checkpoint's weights and optimiser state, and its trainer state with the run
+/// and (when `--steps` changes it) the planned step count updated.
+fn resumed_state(
+    loaded: Loaded,
+    job: &TrainJob,
+    vs: &nn::VarStore,
+    optimizer: &mut AdamW,
+    run: i64,
+) -> Result<TrainerState> {
+    let mut state = loaded.restore(vs, optimizer)?;
+    if state.accumulate != job.accumulate || state.clip_grad != job.clip_grad {
         bail!(
-            "the run is already at step {} of {}: give more --steps to continue",
-            state.step,
-            state.total_steps
+            "the checkpoint was trained with accumulate {} and clip {:?}; resume with the same",
+            state.accumulate,
+            state.clip_grad
         );
     }
-
-    let bar = progress_bar(job.progress, state.step, state.total_steps);
-    let mut batches = loader.epoch(state.data.epoch as u64, state.data.batch as usize);
-    let mut last_good = LastGood::default();
-    let mut last_saved_step = -1;
-    let images_per_step = (t.batch_size * job.accumulate) as f64;
-    let log_every = (state.total_steps / 20).clamp(1, 50);
-    let save = |optimizer: &AdamW,
-                state: &TrainerState,
-                last_good: &mut LastGood|
-     -> Result<(i64, PathBuf)> {
-        let dir = checkpoint::step_dir(&job.checkpoint_dir, state.step);
-        let path = checkpoint::save(&dir, &vs, optimizer, state)?;
-        let metrics: Vec<(String, f64)> =
-            state.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let id = tracking.register_checkpoint(&path, state.step, &metrics)?;
-        last_good.0 = Some((id, state.step, path.clone()));
-        Ok((id, path))
-    };
-    let mut saved: Option<(i64, PathBuf)> = None;
-
-    while state.step < state.total_steps {
-        if stop.load(Ordering::SeqCst) {
-            bar.finish_and_clear();
-            let ckpt = match (&saved, last_saved_step == state.step) {
-                (Some(s), true) => s.clone(),
-                _ => save(&optimizer, &state, &mut last_good)?,
-            };
-            tracing::info!(step = state.step, checkpoint = ckpt.0, "stopped on request");
-            return Ok(Outcome {
-                ending: Ending::Stopped,
-                step: state.step,
-                checkpoint: ckpt,
-                metrics: state.metrics,
-            });
-        }
-        let started = Instant::now();
-        let step = state.step;
-        let lr = state.lr.lr_at(step);
-        let alpha = state.alpha.alpha_at(step);
-        optimizer.zero_grad();
-        let mut waited = Duration::ZERO;
-        let mut sums = [0f64; 4];
-        for micro in 0..job.accumulate {
-            let fetch = Instant::now();
-            let batch = next_batch(&loader, &mut batches, &mut state.data)?;
-            waited += fetch.elapsed();
-            let idx = batch.idx.to_device(job.device);
-            let weight = batch.weight.as_ref().map(|w| w.to_device(job.device));
-            let batch = model::Batch {
-                image: batch.image.to_device(job.device),
-                input_ids: batch.input_ids.to_device(job.device),
-                attention_mask: batch.attention_mask.to_device(job.device),
-            };
-            tch::manual_seed(
-                derive_seed(&[state.seed, step as u64, micro as u64, 0xa1be_f5ee]) as i64,
+    if let Some(steps) = job.steps {
+        if steps != state.total_steps {
+            tracing::warn!(
+                from = state.total_steps,
+                to = steps,
+                "changing the planned steps re-plans the cosine decay"
             );
-            let losses = model.losses_with_idx(&batch, &idx, weight.as_ref(), alpha, true)?;
-            let total = losses.total();
-            let values = [
-                losses.itc.double_value(&[]),
-                losses.itm.double_value(&[]),
-                losses.mlm.double_value(&[]),
-                total.double_value(&[]),
-            ];
-            if let Some((name, v)) = ["loss_itc", "loss_itm", "loss_mlm", "loss"]
-                .iter()
-                .zip(values)
-                .find(|(_, v)| !v.is_finite())
-            {
-                bar.abandon();
-                bail!(
-                    "{name} is {v} at step {} (micro-batch {micro}): stopping without saving; {}",
-                    step + 1,
-                    last_good.describe()
-                );
-            }
-            (total / job.accumulate as f64).backward();
-            for (s, v) in sums.iter_mut().zip(values) {
-                *s += v / job.accumulate as f64;
-            }
-        }
-        let grad_norm = optimizer.clip_grad_norm(job.clip_grad);
-        if !grad_norm.is_finite() {
-            bar.abandon();
-            bail!(
-                "the gradient norm is {grad_norm} at step {}: stopping without saving; {}",
-                step + 1,
-                last_good.describe()
-            );
-        }
-        optimizer.step(lr);
-        state.step += 1;
-        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-        let temp = model.temp.double_value(&[]);
-        let metrics = [
-            ("loss_itc", sums[0]),
-            ("loss_itm", sums[1]),
-            ("loss_mlm", sums[2]),
-            ("loss", sums[3]),
-            ("lr", lr),
-            ("alpha", alpha),
-            ("temp", temp),
-            ("grad_norm", grad_norm),
-            ("images_per_s", images_per_step / elapsed),
-            ("data_wait_pct", 100.0 * waited.as_secs_f64() / elapsed),
-        ];
-        for (k, v) in metrics {
-            tracking.log(k, state.step, v)?;
-            state.metrics.insert(k.to_string(), v);
-        }
-        bar.set_position(state.step as u64);
-        bar.set_message(format!(
-            "loss {:.3} (itc {:.3} itm {:.3} mlm {:.3}) {:.1} img/s",
-            sums[3],
-            sums[0],
-            sums[1],
-            sums[2],
-            images_per_step / elapsed
-        ));
-        if state.step % log_every == 0 || state.step == state.total_steps {
-            tracing::info!(
-                step = state.step,
-                total = state.total_steps,
-                loss = sums[3],
-                loss_itc = sums[0],
-                loss_itm = sums[1],
-                loss_mlm = sums[2],
-                images_per_s = images_per_step / elapsed,
-                "step {}",
-                state.step
-            );
-        }
-        let last = state.step == state.total_steps;
-        if let Some(eval_loader) = &eval_loader {
-            if last || (job.eval_every > 0 && state.step % job.eval_every == 0) {
-                let recall = eval::evaluate(&model, eval_loader, job.device, job.k_test)
-                    .context("evaluating on the held-out data")?;
-                for (k, v) in recall.entries() {
-                    tracking.log(k, state.step, v)?;
-                    state.metrics.insert(k.to_string(), v);
-                }
-                tracing::info!(
-                    step = state.step,
-                    r1_t2i = recall.r1_t2i,
-                    r1_i2t = recall.r1_i2t,
-                    "held-out retrieval"
-                );
-            }
-        }
-        if last || (job.checkpoint_every > 0 && state.step % job.checkpoint_every == 0) {
-            saved = Some(save(&optimizer, &state, &mut last_good)?);
-            last_saved_step = state.step;
+            state.total_steps = steps;
+            state.lr.total_steps = steps;
         }
     }
-    bar.finish_and_clear();
-    let checkpoint = saved.context("the loop ended without a checkpoint")?;
-    Ok(Outcome {
-        ending: Ending::Finished,
-        step: state.step,
-        checkpoint,
-        metrics: state.metrics,
+    state.run = run;
+    Ok(state)
+}
+
+/// A fresh run: the text encoder from `model.text.init` when given, and step 0 of the planned
+/// steps (`--steps`, else `train.max_steps`, else `train.epochs` passes).
+fn fresh_state(
+    job: &TrainJob,
+    vs: &nn::VarStore,
+    model: &Albef,
+    steps_per_epoch: i64,
+    run: i64,
+) -> Result<TrainerState> {
+    let config = &job.config;
+    let t = &config.train;
+    if let Some(path) = &config.model.text.init {
+        let report = weights::init_text_from_hf_bert(vs, Path::new(path))
+            .with_context(|| format!("model.text.init {path}"))?;
+        if report.loaded == 0 || !report.mismatched.is_empty() {
+            bail!("model.text.init does not fit model.text: {report}");
+        }
+        tracing::info!("text encoder initialised from {report}");
+        model.copy_params();
+    }
+    let total_steps = job.steps.filter(|&s| s > 0).unwrap_or(if t.max_steps > 0 {
+        t.max_steps
+    } else {
+        t.epochs * steps_per_epoch
+    });
+    Ok(TrainerState {
+        run,
+        dataset_version: job.dataset_version,
+        step: 0,
+        total_steps,
+        steps_per_epoch,
+        accumulate: job.accumulate,
+        clip_grad: job.clip_grad,
+        seed: t.seed,
+        data: DataPosition::default(),
+        lr: LrSchedule::new(t, total_steps),
+        alpha: AlphaRamp::new(&config.model, t, steps_per_epoch),
+        config: config.clone(),
+        metrics: BTreeMap::new(),
     })
 }
 

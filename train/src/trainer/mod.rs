@@ -1,12 +1,14 @@
 //! The pretraining loop and its parts: the optimiser (AdamW with the official parameter
 //! groups, state saved in checkpoints), the per-step schedules of the learning rate and of the
-//! distillation weight alpha, and the registry glue that tracks a run.
+//! distillation weight alpha, the checkpoints a run resumes from, and the registry glue that
+//! tracks a run.
 pub mod adamw;
+pub mod checkpoint;
 pub mod fit;
 pub mod schedule;
 pub mod tracking;
 
 pub use adamw::{AdamW, AdamWOptions};
-pub use fit::{train, Ending, Outcome, TrainJob};
+pub use fit::{train, TrainJob, Trained};
 pub use schedule::{AlphaRamp, LrSchedule};
 pub use tracking::Tracking;

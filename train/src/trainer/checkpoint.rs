@@ -11,9 +11,10 @@
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place, and the folder is
 //! fsynced, so a crash leaves either the old state or the new one.
+use super::adamw::AdamW;
+use super::schedule::{AlphaRamp, LrSchedule};
 use crate::config::Config;
 use crate::model::weights;
-use crate::trainer::{AdamW, AlphaRamp, LrSchedule};
 use albef_dataset::{hash_file, write_atomic_with};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
