@@ -6,9 +6,7 @@ use crate::{check_key, now_ms, Registry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use sqlx::types::Json;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A registered checkpoint.
@@ -35,34 +33,14 @@ impl Checkpoint {
     }
 }
 
-/// The sha256 (hex) and size of a file, read in blocks off the async threads.
+/// The sha256 (hex) and size of a checkpoint file (the dataset crate's hashing, which every
+/// stage uses), read off the async threads.
 pub(crate) async fn hash_file(path: &Path) -> Result<(String, i64)> {
     let path: PathBuf = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&path)
-            .with_context(|| format!("cannot open checkpoint file {}", path.display()))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes: i64 = 0;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .with_context(|| format!("reading checkpoint file {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            bytes += n as i64;
-        }
-        let hex: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok((hex, bytes))
-    })
-    .await
-    .context("the hashing task panicked")?
+    let (hex, bytes) = tokio::task::spawn_blocking(move || albef_dataset::hash_file(&path))
+        .await
+        .context("the hashing task panicked")??;
+    Ok((hex, bytes as i64))
 }
 
 const CHECKPOINT_COLUMNS: &str =
