@@ -13,6 +13,7 @@
 // c10d's error at the call that failed. The group's timeout bounds every wait.
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <dirent.h>
@@ -121,9 +122,10 @@ extern "C" {
 
 void c10d_string_free(char* s) { free(s); }
 
-// A TCPStore: the server (which also serves this process) or a client of it.
+// A TCPStore: the server (which also serves this process) or a client of it; seen through
+// `prefix` when it is not empty (torchrun's agent store keeps one namespace per attempt).
 char* c10d_store_new(const char* host, uint16_t port, bool is_server, int world_size,
-                     int64_t timeout_ms, void** out) {
+                     int64_t timeout_ms, const char* prefix, void** out) {
   return guarded([&] {
     c10d::TCPStoreOptions opts;
     opts.port = port;
@@ -132,6 +134,9 @@ char* c10d_store_new(const char* host, uint16_t port, bool is_server, int world_
     opts.waitWorkers = false;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     StorePtr store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    if (prefix[0] != '\0') {
+      store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), std::move(store));
+    }
     *out = new StorePtr(std::move(store));
   });
 }

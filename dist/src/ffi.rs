@@ -20,6 +20,7 @@ extern "C" {
         is_server: bool,
         world_size: c_int,
         timeout_ms: i64,
+        prefix: *const c_char,
         out: *mut *mut c_void,
     ) -> *mut c_char;
     fn c10d_store_free(store: *mut c_void);
@@ -95,17 +96,20 @@ fn millis(timeout: Duration) -> i64 {
 pub(crate) struct Store(NonNull<c_void>);
 
 impl Store {
+    /// Connects to (or, with `is_server`, serves) the store at `host:port`, seen through
+    /// `prefix` when it is not empty.
     pub(crate) fn connect(
         host: &str,
         port: u16,
         is_server: bool,
         world_size: usize,
         timeout: Duration,
+        prefix: &str,
     ) -> Result<Self, String> {
-        let host = c_string(host)?;
+        let (host, prefix) = (c_string(host)?, c_string(prefix)?);
         let size = c_int::try_from(world_size).map_err(|e| e.to_string())?;
         let mut out = ptr::null_mut();
-        // SAFETY: valid C string and out-pointer; the shim sets `out` only on success.
+        // SAFETY: valid C strings and out-pointer; the shim sets `out` only on success.
         check(unsafe {
             c10d_store_new(
                 host.as_ptr(),
@@ -113,6 +117,7 @@ impl Store {
                 is_server,
                 size,
                 millis(timeout),
+                prefix.as_ptr(),
                 &mut out,
             )
         })?;

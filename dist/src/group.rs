@@ -44,9 +44,17 @@ impl ProcessGroup {
             bail!(NCCL_NOT_COMPILED);
         }
         let (addr, port) = (&world.master_addr, world.master_port);
-        let store = Store::connect(addr, port, world.serves_store(), world.world_size, timeout)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("connecting to the c10d store at {addr}:{port}"))?;
+        let prefix = world.store_prefix();
+        let store = Store::connect(
+            addr,
+            port,
+            world.serves_store(),
+            world.world_size,
+            timeout,
+            &prefix,
+        )
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("connecting to the c10d store at {addr}:{port}"))?;
         let (gloo, addresses) = Gloo::new(
             &store,
             world.rank,

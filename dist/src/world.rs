@@ -26,6 +26,8 @@ pub struct World {
     /// torchrun's agent already serves the store (`TORCHELASTIC_USE_AGENT_STORE=True`): every
     /// rank, rank 0 included, connects to it as a client.
     pub agent_store: bool,
+    /// torchrun's restart count (`TORCHELASTIC_RESTART_COUNT`): 0 for the first attempt.
+    pub restart_count: usize,
     pub launcher: Launcher,
 }
 
@@ -52,6 +54,17 @@ impl World {
         self.rank == 0 && !self.agent_store
     }
 
+    /// The namespace of this attempt's keys in the store. torchrun's agent keeps its store across
+    /// restarts, so every attempt uses its own (as `torch.distributed` does); without it the
+    /// ranks of a restart would read the dead ranks' Gloo addresses.
+    pub fn store_prefix(&self) -> String {
+        if self.agent_store {
+            format!("/worker/attempt_{}", self.restart_count)
+        } else {
+            String::new()
+        }
+    }
+
     fn torchrun(var: Vars) -> Result<World> {
         let world = World {
             rank: index(var, "RANK")?,
@@ -61,6 +74,7 @@ impl World {
             master_addr: address(var)?,
             master_port: port(var)?,
             agent_store: optional(var, "TORCHELASTIC_USE_AGENT_STORE", flag)?.unwrap_or(false),
+            restart_count: optional(var, "TORCHELASTIC_RESTART_COUNT", index)?.unwrap_or(0),
             launcher: Launcher::Torchrun,
         };
         world.check_rank("RANK", "WORLD_SIZE")
@@ -81,6 +95,7 @@ impl World {
             })?,
             master_port: port(var)?,
             agent_store: false,
+            restart_count: 0,
             launcher: Launcher::Slurm,
         };
         world.check_rank("SLURM_PROCID", "SLURM_NTASKS").map(Some)

@@ -15,13 +15,14 @@ fn error(vars: &[(&str, &str)]) -> String {
     format!("{:#}", world(vars).expect_err("bad variables"))
 }
 
-const TORCHRUN: [(&str, &str); 6] = [
+const TORCHRUN: [(&str, &str); 7] = [
     ("RANK", "3"),
     ("WORLD_SIZE", "4"),
     ("LOCAL_RANK", "1"),
     ("MASTER_ADDR", "10.0.0.1"),
     ("MASTER_PORT", "29500"),
     ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+    ("TORCHELASTIC_RESTART_COUNT", "2"),
 ];
 
 const SLURM: [(&str, &str); 5] = [
@@ -70,10 +71,16 @@ fn torchrun_variables() {
             master_addr: "10.0.0.1".into(),
             master_port: 29500,
             agent_store: true,
+            restart_count: 2,
             launcher: Launcher::Torchrun,
         }
     );
     assert!(!w.serves_store());
+    assert_eq!(
+        w.store_prefix(),
+        "/worker/attempt_2",
+        "one namespace per attempt"
+    );
     // Rank 0 serves the store unless torchrun's agent does.
     let rank0 = world(&with(
         &with(&TORCHRUN, "RANK", Some("0")),

@@ -17,6 +17,7 @@ fn world_of_one() -> World {
         master_addr: "127.0.0.1".into(),
         master_port: port,
         agent_store: false,
+        restart_count: 0,
         launcher: Launcher::Torchrun,
     }
 }
