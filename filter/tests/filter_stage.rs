@@ -80,6 +80,7 @@ fn train_checkpoint(data: &Path, dir: &Path) -> PathBuf {
         steps_per_epoch: steps / 2,
         accumulate: 1,
         clip_grad: None,
+        world_size: 1,
         seed: 7,
         data: DataPosition::default(),
         lr: LrSchedule::new(&cfg.train, steps),

@@ -11,6 +11,8 @@ use super::vit::VisionTransformer;
 use crate::config::{check_queue, ModelConfig};
 use anyhow::{bail, Result};
 use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
 use tch::{nn, Kind, Tensor};
 
 /// The student modules and their momentum copies, in the official pairing (`model_pairs`).
@@ -34,6 +36,13 @@ pub const UNKNOWN_IMAGE: i64 = -100;
 /// Parameter groups of the optimiser: AdamW decays group 0 and not group 1.
 pub const DECAY_GROUP: usize = 0;
 pub const NO_DECAY_GROUP: usize = 1;
+
+/// How the queues see the batches of the other ranks when several processes train one model:
+/// every rank's tensor concatenated along dim 0 in rank order, without gradient (the official
+/// `concat_all_gather`, model_pretrain.py L280-290). The trainer's process group implements it.
+pub trait Gather: Send + Sync + fmt::Debug {
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor>;
+}
 
 /// The pretraining model. Build it with [`Albef::new`] on a fresh `VarStore`.
 #[derive(Debug)]
@@ -62,6 +71,8 @@ pub struct Albef {
     pub queue_ptr: Tensor,
     /// (student, momentum) float parameters, updated by [`Albef::momentum_update`].
     pairs: Vec<(Tensor, Tensor)>,
+    /// The other ranks' momentum features for the queues (`None`: this process alone).
+    gather: Option<Arc<dyn Gather>>,
 }
 
 impl Albef {
@@ -147,6 +158,7 @@ impl Albef {
             idx_queue,
             queue_ptr,
             pairs,
+            gather: None,
         };
         model.copy_params();
         assign_decay_groups(vs);
@@ -170,6 +182,34 @@ impl Albef {
                 let _ = pm.lerp_(p, 1.0 - m);
             }
         });
+    }
+
+    /// Makes the queues take every rank's momentum features and `idx` (data-parallel training:
+    /// every rank then holds the same queues).
+    pub fn set_gather(&mut self, gather: Arc<dyn Gather>) {
+        self.gather = Some(gather);
+    }
+
+    /// `_dequeue_and_enqueue` of this rank's momentum features [B, E] and pictures `idx` [B]:
+    /// gathered from every rank first when [`Albef::set_gather`] was called (image and text
+    /// features travel in one call, `idx` in another), so the batch written is the global one.
+    pub fn enqueue_all(
+        &self,
+        image_feat: &Tensor,
+        text_feat: &Tensor,
+        idx: Option<&Tensor>,
+    ) -> Result<()> {
+        let Some(gather) = &self.gather else {
+            return self.enqueue(image_feat, text_feat, idx);
+        };
+        let width = image_feat.size()[1];
+        let both = gather.all_gather(&Tensor::cat(&[image_feat, text_feat], 1))?;
+        let idx = idx.map(|i| gather.all_gather(i)).transpose()?;
+        self.enqueue(
+            &both.narrow(1, 0, width),
+            &both.narrow(1, width, width),
+            idx.as_ref(),
+        )
     }
 
     /// `_dequeue_and_enqueue`: writes the (globally gathered) momentum features [B, E] and the

@@ -164,8 +164,8 @@ impl Albef {
         let student = self.student(batch, mlm, train);
         let teacher = self.teacher(batch, mlm, &positives, alpha, train);
         let itc = self.itc(&student, &teacher, weight);
-        // Enqueue the momentum features after ITC, before ITM (L130).
-        self.enqueue(&teacher.image_feat_m, &teacher.text_feat_m, idx)?;
+        // Enqueue the momentum features (every rank's) after ITC, before ITM (L130).
+        self.enqueue_all(&teacher.image_feat_m, &teacher.text_feat_m, idx)?;
         let negatives = negatives.resolve(&itc, &same)?;
         let itm = self.itm(&student, &negatives, weight, train);
         let mlm_loss = self.mlm(&student, &teacher, mlm, alpha, weight, train);

@@ -224,16 +224,21 @@ impl AdamW {
         }
     }
 
+    /// The gradients of the parameters that have one, in the optimiser's order (the same on
+    /// every rank of a data-parallel run). They share storage with the parameters' gradients.
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(Tensor::defined)
+            .collect()
+    }
+
     /// `clip_grad_norm_`: the global L2 norm of all gradients, scaled down to `max_norm` when
     /// it is larger (`max_norm` None: measure only). Returns the norm before clipping.
     pub fn clip_grad_norm(&self, max_norm: Option<f64>) -> f64 {
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.tensor.grad())
-                .filter(Tensor::defined)
-                .collect();
+            let grads = self.grads();
             if grads.is_empty() {
                 return 0.0;
             }

@@ -52,6 +52,10 @@ pub struct TrainerState {
     pub accumulate: i64,
     /// The global gradient-norm clip, if any.
     pub clip_grad: Option<f64>,
+    /// The processes that trained together (data parallel); checkpoints older than the
+    /// field were written by one.
+    #[serde(default = "one_process")]
+    pub world_size: usize,
     /// The seed; libtorch's generator is re-seeded from (seed, step, micro-batch) before every
     /// forward, so these and the data position are the whole random state.
     pub seed: u64,
@@ -61,6 +65,10 @@ pub struct TrainerState {
     pub config: Config,
     /// Metrics at this step (losses, recall), as registered.
     pub metrics: BTreeMap<String, f64>,
+}
+
+fn one_process() -> usize {
+    1
 }
 
 /// One file of a checkpoint, as the manifest lists it.
@@ -262,6 +270,7 @@ mod tests {
             steps_per_epoch: 10,
             accumulate: 1,
             clip_grad: Some(1.0),
+            world_size: 1,
             seed: 42,
             data: DataPosition { epoch: 1, batch: 5 },
             lr: LrSchedule::new(&config.train, 100),

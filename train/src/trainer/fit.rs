@@ -7,8 +7,12 @@
 //! generator re-seeded from (seed, step, micro-batch), and the loader's draws from (seed,
 //! epoch, position); so the checkpointed step and data position are the whole random state,
 //! and a resumed run computes the same losses as an uninterrupted one.
+//!
+//! Run as one rank of several (`TrainJob::dist`), the loop shards the data, averages the
+//! gradients and leaves checkpoints, metrics and evaluation to rank 0: see `dist.rs`.
 use super::adamw::{AdamW, AdamWOptions};
 use super::checkpoint::{self, DataPosition, Loaded, TrainerState};
+use super::dist::Dist;
 use super::schedule::{AlphaRamp, LrSchedule};
 use super::tracking::Tracking;
 use crate::config::{check_queue, Config, TrainConfig};
@@ -22,8 +26,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::{nn, Device};
+use tch::{nn, Device, Kind, Tensor};
 
 /// The loader settings of a run's config (owned by `data`; the trainer's callers name them here).
 pub use crate::data::loader_config;
@@ -63,6 +68,10 @@ pub struct TrainJob {
     pub resume: Option<Loaded>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The process group when this is one rank of several (`None`: this process alone).
+    pub dist: Option<Arc<Dist>>,
+    /// Every rank writes its final variables to `DIR/rank-R.safetensors` (to compare ranks).
+    pub rank_weights: Option<PathBuf>,
 }
 
 /// What a run that did not fail ended with: the one training result, which the CLI's `train`
@@ -85,17 +94,49 @@ pub struct Trained {
 
 /// Trains until the planned step count, a stop request (`stop` set, e.g. by Ctrl-C: a
 /// checkpoint is written first) or an error. A non-finite loss or gradient is an error that
-/// names the step and the last good checkpoint; nothing is saved after it.
+/// names the step and the last good checkpoint; nothing is saved after it. The run reports to
+/// `tracking`: a process alone, or rank 0 of several.
 pub fn train(job: TrainJob, tracking: &Tracking, stop: &AtomicBool) -> Result<Trained> {
-    let mut run = Run::set_up(job, tracking)?;
-    while run.state.step < run.state.total_steps {
-        if stop.load(Ordering::SeqCst) {
-            return run.stop();
-        }
-        let record = run.step()?;
-        run.after_step(&record)?;
+    run_loop(job, Some(tracking), tracking.run, stop)
+}
+
+/// [`train`] on a rank other than 0 of `job.dist`: in step with rank 0, reporting nothing
+/// (rank 0 reports registry run `run`).
+pub fn train_rank(job: TrainJob, run: i64, stop: &AtomicBool) -> Result<Trained> {
+    if job.dist.as_ref().is_none_or(|d| d.is_main()) {
+        bail!("train_rank is for the ranks other than 0 of a process group");
     }
-    run.finish()
+    run_loop(job, None, run, stop)
+}
+
+fn run_loop(
+    job: TrainJob,
+    tracking: Option<&Tracking>,
+    run_id: i64,
+    stop: &AtomicBool,
+) -> Result<Trained> {
+    let alone = job.dist.is_none();
+    let mut run = Run::set_up(job, tracking, run_id)?;
+    let status = loop {
+        if run.state.step >= run.state.total_steps {
+            break RunStatus::Finished;
+        }
+        // Alone, a stop request is seen before the step; in a world, the ranks agree on it in
+        // the step's all-reduce and stop after that step.
+        if alone && stop.load(Ordering::SeqCst) {
+            break RunStatus::Killed;
+        }
+        let record = run.step(stop)?;
+        run.after_step(&record)?;
+        if record.stop && run.state.step < run.state.total_steps {
+            break RunStatus::Killed;
+        }
+    };
+    run.write_rank_weights()?;
+    match status {
+        RunStatus::Finished => run.finish(),
+        _ => run.stop(),
+    }
 }
 
 /// A checkpoint this run wrote.
@@ -128,15 +169,21 @@ struct StepRecord {
     lr: f64,
     alpha: f64,
     grad_norm: f64,
-    /// Wall time of the step (seconds) and the part of it spent waiting for data.
+    /// Wall time of the step (seconds), the part of it spent waiting for data and the part
+    /// spent averaging over the ranks.
     elapsed: f64,
     waited: Duration,
+    collective: Duration,
+    /// Some rank was asked to stop: every rank stops after this step.
+    stop: bool,
 }
 
 /// A run in progress: its data, model and optimiser, and the state a checkpoint saves.
 struct Run<'a> {
     job: TrainJob,
-    tracking: &'a Tracking,
+    /// The registry run's reporting; `None` on the ranks other than 0.
+    tracking: Option<&'a Tracking>,
+    run_id: i64,
     loader: Loader,
     eval_loader: Option<Loader>,
     vs: nn::VarStore,
@@ -155,7 +202,7 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// Set-up and resume: checks the job, opens the data, builds the model and the optimiser,
     /// then restores the checkpoint to resume from or starts a fresh state.
-    fn set_up(mut job: TrainJob, tracking: &'a Tracking) -> Result<Self> {
+    fn set_up(mut job: TrainJob, tracking: Option<&'a Tracking>, run_id: i64) -> Result<Self> {
         let resume = job.resume.take();
         let t = &job.config.train;
         if job.accumulate < 1 {
@@ -164,8 +211,12 @@ impl<'a> Run<'a> {
         if t.threads > 0 {
             tch::set_num_threads(t.threads);
         }
-        // The queue takes a whole global batch at a time: check before any work (one process).
-        check_queue(job.config.model.queue_size, t.batch_size)?;
+        // The queue takes a whole global batch at a time: check before any work.
+        let world_size = world_size(&job);
+        check_queue(
+            job.config.model.queue_size,
+            t.batch_size * world_size as i64,
+        )?;
         let (loader, eval_loader) = open_data(&job, tracking)?;
         let steps_per_epoch = loader.batches_per_epoch() as i64 / job.accumulate;
         if steps_per_epoch == 0 {
@@ -178,12 +229,18 @@ impl<'a> Run<'a> {
             );
         }
         let seed = Some(t.seed as i64);
-        let (vs, model) = model::build(&job.config, job.device, PrecisionRule::Config, seed, None)?;
+        let (vs, mut model) =
+            model::build(&job.config, job.device, PrecisionRule::Config, seed, None)?;
         let mut optimizer = optimizer(&vs, t)?;
         let state = match resume {
-            Some(loaded) => resumed_state(loaded, &job, &vs, &mut optimizer, tracking.run)?,
-            None => fresh_state(&job, &vs, &model, steps_per_epoch, tracking.run)?,
+            Some(loaded) => resumed_state(loaded, &job, &vs, &mut optimizer, run_id)?,
+            None => fresh_state(&job, &vs, &model, steps_per_epoch, run_id)?,
         };
+        if let Some(dist) = &job.dist {
+            dist.broadcast_vars(&vs)?;
+            model.set_gather(dist.clone());
+        }
+        log_world(&job, tracking)?;
         if state.step >= state.total_steps {
             bail!(
                 "the run is already at step {} of {}: give more --steps to continue",
@@ -197,6 +254,7 @@ impl<'a> Run<'a> {
             log_every: (state.total_steps / 20).clamp(1, 50),
             job,
             tracking,
+            run_id,
             loader,
             eval_loader,
             vs,
@@ -207,9 +265,9 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// One optimiser step: `accumulate` micro-batches forward and backward, the gradient
-    /// guard, clipping, AdamW at the scheduled learning rate.
-    fn step(&mut self) -> Result<StepRecord> {
+    /// One optimiser step: `accumulate` micro-batches forward and backward, the mean over the
+    /// ranks (in a world), the gradient guard, clipping, AdamW at the scheduled learning rate.
+    fn step(&mut self, stop: &AtomicBool) -> Result<StepRecord> {
         let started = Instant::now();
         let step = self.state.step;
         let lr = self.state.lr.lr_at(step);
@@ -226,6 +284,9 @@ impl<'a> Run<'a> {
                 *s += v / self.job.accumulate as f64;
             }
         }
+        let reduce = Instant::now();
+        let stop = self.average_over_ranks(&mut losses, stop.load(Ordering::SeqCst))?;
+        let collective = reduce.elapsed();
         let grad_norm = self.optimizer.clip_grad_norm(self.job.clip_grad);
         if !grad_norm.is_finite() {
             self.bar.abandon();
@@ -244,7 +305,35 @@ impl<'a> Run<'a> {
             grad_norm,
             elapsed: started.elapsed().as_secs_f64().max(1e-9),
             waited,
+            collective,
+            stop,
         })
+    }
+
+    /// In a world: the gradients, `losses` and the stop flag become their means over the ranks,
+    /// in one bucketed all-reduce. Returns whether some rank was asked to stop.
+    fn average_over_ranks(&self, losses: &mut [f64; 4], stop: bool) -> Result<bool> {
+        let Some(dist) = &self.job.dist else {
+            return Ok(false);
+        };
+        let mut tensors = self.optimizer.grads();
+        let device = tensors.first().map_or(self.job.device, Tensor::device);
+        let mut extra = losses.to_vec();
+        extra.push(if stop { 1.0 } else { 0.0 });
+        tensors.push(
+            Tensor::from_slice(&extra)
+                .to_kind(Kind::Float)
+                .to_device(device),
+        );
+        dist.average(&mut tensors)?;
+        let extra = Vec::<f64>::try_from(
+            tensors
+                .pop()
+                .expect("the extra tensor")
+                .to_kind(Kind::Double),
+        )?;
+        losses.copy_from_slice(&extra[..4]);
+        Ok(extra[4] > 0.0)
     }
 
     /// One micro-batch of the current step: the forward with libtorch's generator seeded from
@@ -308,9 +397,8 @@ impl<'a> Run<'a> {
     /// every `log_every` steps.
     fn log_step(&mut self, r: &StepRecord) -> Result<()> {
         let [itc, itm, mlm, loss] = r.losses;
-        let images_per_step = (self.job.config.train.batch_size * self.job.accumulate) as f64;
-        let images_per_s = images_per_step / r.elapsed;
-        let metrics = [
+        let images_per_s = global_batch(&self.job) as f64 / r.elapsed;
+        let mut metrics = vec![
             ("loss_itc", itc),
             ("loss_itm", itm),
             ("loss_mlm", mlm),
@@ -322,9 +410,17 @@ impl<'a> Run<'a> {
             ("images_per_s", images_per_s),
             ("data_wait_pct", 100.0 * r.waited.as_secs_f64() / r.elapsed),
         ];
+        if self.job.dist.is_some() {
+            metrics.push((
+                "collective_pct",
+                100.0 * r.collective.as_secs_f64() / r.elapsed,
+            ));
+        }
         let step = self.state.step;
         for (k, v) in metrics {
-            self.tracking.log(k, step, v)?;
+            if let Some(tracking) = self.tracking {
+                tracking.log(k, step, v)?;
+            }
             self.state.metrics.insert(k.to_string(), v);
         }
         self.bar.set_position(step as u64);
@@ -346,15 +442,16 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Held-out retrieval at this step, logged with the step's metrics.
+    /// Held-out retrieval at this step, logged with the step's metrics (rank 0 alone opens
+    /// the held-out data).
     fn evaluate(&mut self) -> Result<()> {
-        let Some(eval_loader) = &self.eval_loader else {
+        let (Some(eval_loader), Some(tracking)) = (&self.eval_loader, self.tracking) else {
             return Ok(());
         };
         let recall = eval::evaluate(&self.model, eval_loader, self.job.device, self.job.k_test)
             .context("evaluating on the held-out data")?;
         for (k, v) in recall.entries() {
-            self.tracking.log(k, self.state.step, v)?;
+            tracking.log(k, self.state.step, v)?;
             self.state.metrics.insert(k.to_string(), v);
         }
         tracing::info!(
@@ -366,18 +463,26 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Writes the checkpoint of this step and registers it with the step's metrics.
+    /// Writes the checkpoint of this step and registers it with the step's metrics (rank 0;
+    /// the other ranks learn its id).
     fn save(&mut self) -> Result<Saved> {
         let step = self.state.step;
         let dir = checkpoint::step_dir(&self.job.checkpoint_dir, step);
-        let path = checkpoint::save(&dir, &self.vs, &self.optimizer, &self.state)?;
-        let metrics: Vec<(String, f64)> = self
-            .state
-            .metrics
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let id = self.tracking.register_checkpoint(&path, step, &metrics)?;
+        let path = dir.join(checkpoint::MODEL_FILE);
+        let mut id = 0;
+        if let Some(tracking) = self.tracking {
+            checkpoint::save(&dir, &self.vs, &self.optimizer, &self.state)?;
+            let metrics: Vec<(String, f64)> = self
+                .state
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            id = tracking.register_checkpoint(&path, step, &metrics)?;
+        }
+        if let Some(dist) = &self.job.dist {
+            id = dist.broadcast_i64(id)?;
+        }
         let saved = Saved { id, step, path };
         self.saved = Some(saved.clone());
         Ok(saved)
@@ -408,9 +513,20 @@ impl<'a> Run<'a> {
         Ok(self.trained(RunStatus::Finished, saved))
     }
 
+    /// With `job.rank_weights`: this rank's variables to `DIR/rank-R.safetensors`.
+    fn write_rank_weights(&self) -> Result<()> {
+        let Some(dir) = &self.job.rank_weights else {
+            return Ok(());
+        };
+        let rank = self.job.dist.as_ref().map_or(0, |d| d.rank());
+        let name = format!("rank-{rank}.safetensors");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        albef_dataset::write_atomic_with(&dir.join(name), |tmp| weights::save(&self.vs, tmp))
+    }
+
     fn trained(self, status: RunStatus, saved: Saved) -> Trained {
         Trained {
-            run: self.tracking.run,
+            run: self.run_id,
             status,
             step: self.state.step,
             checkpoint: saved.id,
@@ -420,17 +536,23 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Opens the training data (logging its loss weights when score-weighted) and the held-out
-/// data when the job names it.
-fn open_data(job: &TrainJob, tracking: &Tracking) -> Result<(Loader, Option<Loader>)> {
-    let open = |dir: &Path, mode: data::Mode, what: &str| {
-        Loader::open(
-            dir,
-            loader_config(&job.config, &job.tokenizer, job.workers, mode),
-        )
-        .with_context(|| format!("opening the {what} data {}", dir.display()))
+/// Opens this rank's share of the training data (logging its loss weights when
+/// score-weighted) and, on the rank that reports, the held-out data when the job names it.
+fn open_data(job: &TrainJob, tracking: Option<&Tracking>) -> Result<(Loader, Option<Loader>)> {
+    let open = |dir: &Path, config: data::LoaderConfig, what: &str| {
+        Loader::open(dir, config)
+            .with_context(|| format!("opening the {what} data {}", dir.display()))
     };
-    let loader = open(&job.data_dir, data::Mode::Train, "training")?;
+    let config = |mode| loader_config(&job.config, &job.tokenizer, job.workers, mode);
+    let train_config = data::LoaderConfig {
+        rank: job.dist.as_ref().map_or(0, |d| d.rank()),
+        world_size: world_size(job),
+        ..config(data::Mode::Train)
+    };
+    let loader = open(&job.data_dir, train_config, "training")?;
+    let Some(tracking) = tracking else {
+        return Ok((loader, None));
+    };
     if let Some(w) = loader.loss_weight() {
         tracing::info!(
             rows = loader.len(),
@@ -446,7 +568,7 @@ fn open_data(job: &TrainJob, tracking: &Tracking) -> Result<(Loader, Option<Load
         ])?;
     }
     let eval_loader = match &job.eval_dir {
-        Some(dir) => Some(open(dir, data::Mode::Eval, "evaluation")?),
+        Some(dir) => Some(open(dir, config(data::Mode::Eval), "evaluation")?),
         None => None,
     };
     Ok((loader, eval_loader))
@@ -482,6 +604,16 @@ fn resumed_state(
     run: i64,
 ) -> Result<TrainerState> {
     let mut state = loaded.restore(vs, optimizer)?;
+    let ranks = world_size(job);
+    if state.world_size != ranks {
+        bail!(
+            "the checkpoint was trained by {} process(es) and this launch has {ranks}: resume \
+             with {} (each rank's data position is its own shard's, which another world size \
+             splits differently)",
+            state.world_size,
+            state.world_size
+        );
+    }
     if state.accumulate != job.accumulate || state.clip_grad != job.clip_grad {
         bail!(
             "the checkpoint was trained with accumulate {} and clip {:?}; resume with the same",
@@ -537,6 +669,7 @@ fn fresh_state(
         steps_per_epoch,
         accumulate: job.accumulate,
         clip_grad: job.clip_grad,
+        world_size: world_size(job),
         seed: t.seed,
         data: DataPosition::default(),
         lr: LrSchedule::new(t, total_steps),
@@ -544,6 +677,34 @@ fn fresh_state(
         config: config.clone(),
         metrics: BTreeMap::new(),
     })
+}
+
+/// The processes training together: 1 alone.
+fn world_size(job: &TrainJob) -> usize {
+    job.dist.as_ref().map_or(1, |d| d.world_size())
+}
+
+/// Pairs per optimiser step over all ranks.
+fn global_batch(job: &TrainJob) -> i64 {
+    job.config.train.batch_size * job.accumulate * world_size(job) as i64
+}
+
+/// Logs the world and the global batch, and records them as params of the run.
+fn log_world(job: &TrainJob, tracking: Option<&Tracking>) -> Result<()> {
+    let (world, batch) = (world_size(job), global_batch(job));
+    tracing::info!(
+        world_size = world,
+        batch_per_process = job.config.train.batch_size,
+        global_batch = batch,
+        "pairs per optimiser step: {batch}"
+    );
+    match tracking {
+        Some(tracking) => tracking.log_params(&[
+            ("dist.world_size".into(), world.to_string()),
+            ("dist.global_batch".into(), batch.to_string()),
+        ]),
+        None => Ok(()),
+    }
 }
 
 /// The next micro-batch, moving to the next epoch when this one is done; `pos` is advanced to

@@ -4,11 +4,13 @@
 //! tracks a run.
 pub mod adamw;
 pub mod checkpoint;
+pub mod dist;
 pub mod fit;
 pub mod schedule;
 pub mod tracking;
 
 pub use adamw::{AdamW, AdamWOptions};
-pub use fit::{train, TrainJob, Trained};
+pub use dist::Dist;
+pub use fit::{train, train_rank, TrainJob, Trained};
 pub use schedule::{AlphaRamp, LrSchedule};
 pub use tracking::Tracking;

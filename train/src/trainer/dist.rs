@@ -1,0 +1,128 @@
+//! Data-parallel training: what the loop does differently when `albef train` runs as one rank
+//! of several, over the c10d process group of the `albef-dist` crate (dist/src/lib.rs).
+//!
+//! As the official code under DistributedDataParallel (docs/albef.md, "Several processes"):
+//! - start: rank 0's variables (parameters, momentum copies, queues, queue pointer,
+//!   temperature), sorted by name, are broadcast to every rank, so the ranks start
+//!   bit-identical, after a resume too;
+//! - every step: each rank runs forward and backward on its own share of the data (the loader
+//!   shards by rank; `batch_size` is per process), then [`Dist::average`] replaces the
+//!   gradients by their mean over the ranks in flattened buckets, before clipping and the
+//!   optimiser step. The step's losses and the stop flag travel in the same call, so the logged
+//!   losses are the mean over the ranks and every rank stops after the same step;
+//! - the queues take every rank's momentum features and `idx` (`Albef::set_gather`, the
+//!   official `concat_all_gather`); ITM hard negatives are drawn within the local batch;
+//! - rank 0 alone writes checkpoints and registry metrics and evaluates; the other ranks learn
+//!   each checkpoint's registry id from it.
+//!
+//! What overlaps: nothing. DDP starts a bucket's all-reduce from autograd hooks while the rest
+//! of the backward pass runs; tch exposes no gradient hooks, so the average starts when
+//! `backward` has returned and the step waits for it. Its share of the step is logged as
+//! `collective_pct`.
+use crate::model::albef::Gather;
+use albef_dist::{Backend, ProcessGroup, World};
+use anyhow::{Context, Result};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tch::{nn, Tensor};
+
+/// This process's place in a data-parallel run and its process group.
+pub struct Dist {
+    /// c10d's handles may be used from one thread at a time; the loop is one thread, the lock
+    /// only makes the group shareable with the model (`Gather`).
+    group: Mutex<ProcessGroup>,
+    rank: usize,
+    world_size: usize,
+    local_rank: usize,
+}
+
+impl fmt::Debug for Dist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Dist(rank {} of {})", self.rank, self.world_size)
+    }
+}
+
+impl Dist {
+    /// Joins the ranks of `world` on `backend`; `timeout` bounds the meeting and every later
+    /// collective (a dead rank makes the others fail within it).
+    pub fn join(world: &World, backend: Backend, timeout: Duration) -> Result<Arc<Dist>> {
+        let group = ProcessGroup::new(world, backend, timeout).with_context(|| {
+            format!(
+                "rank {} of {} joining the process group at {}:{}",
+                world.rank, world.world_size, world.master_addr, world.master_port
+            )
+        })?;
+        tracing::info!(
+            rank = world.rank,
+            world_size = world.world_size,
+            local_rank = world.local_rank,
+            ?backend,
+            "joined the process group"
+        );
+        Ok(Arc::new(Dist {
+            rank: group.rank(),
+            world_size: group.world_size(),
+            local_rank: world.local_rank,
+            group: Mutex::new(group),
+        }))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// The rank on this machine: it picks the GPU.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Rank 0, which writes checkpoints and metrics.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    fn group(&self) -> MutexGuard<'_, ProcessGroup> {
+        // A panic while holding the lock leaves the group as usable as before.
+        self.group.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every variable of `vs` rank 0's, in buckets, sorted by name (the same order on
+    /// every rank).
+    pub fn broadcast_vars(&self, vs: &nn::VarStore) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+        self.group()
+            .broadcast(&mut tensors, 0)
+            .context("broadcasting rank 0's model to every rank")
+    }
+
+    /// Replaces every tensor by its mean over the ranks (bit-identical on every rank).
+    pub fn average(&self, tensors: &mut [Tensor]) -> Result<()> {
+        self.group()
+            .all_reduce_mean(tensors)
+            .context("averaging the gradients over the ranks")
+    }
+
+    /// Rank 0's `value` on every rank (a run or checkpoint id only rank 0 knows).
+    pub fn broadcast_i64(&self, value: i64) -> Result<i64> {
+        let mut t = [Tensor::from_slice(&[value])];
+        self.group()
+            .broadcast(&mut t, 0)
+            .context("receiving a registry id from rank 0")?;
+        Ok(t[0].int64_value(&[0]))
+    }
+}
+
+impl Gather for Dist {
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        self.group()
+            .all_gather(tensor)
+            .context("gathering the momentum features for the queues")
+    }
+}
