@@ -5,49 +5,19 @@
 //! checkpoint. The resumed run's losses must equal the uninterrupted run's bit for bit, every
 //! checkpoint's registered sha256 must match its file, and `albef eval` must print the six
 //! recall figures of the final checkpoint.
-use albef_corpus::generate::{generate, write_url_lists, GenerateOptions};
-use albef_corpus::serve::serve;
+mod train_support;
+
 use albef_dataset::hash_file;
-use albef_registry::{Registry, RunStatus};
+use albef_registry::RunStatus;
 use albef_train::model::weights;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+use train_support::{albef, history, ingested_corpus, json_line, last_json, Logged};
 
 const STEPS: i64 = 40;
 const BATCH: &str = "8";
-
-fn albef(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_albef"));
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    cmd.current_dir(root)
-        .env("ALBEF_HOME", home)
-        .env("ALBEF_TOKENIZER", root.join("assets/tokenizer.json"))
-        .env_remove("ALBEF_REGISTRY_URL")
-        .env("RUST_LOG", "info");
-    cmd
-}
-
-/// Runs a command to completion and returns its last stdout line as JSON.
-fn json_line(cmd: &mut Command, what: &str) -> Value {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("{what} printed nothing"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {line:?} is not JSON: {e}"))
-}
 
 fn train_args(cmd: &mut Command) -> &mut Command {
     cmd.args([
@@ -66,61 +36,6 @@ fn train_args(cmd: &mut Command) -> &mut Command {
         "json",
     ])
     .args(["--experiment", "e2e", "--log-format", "json"])
-}
-
-fn history(reg: &Registry, rt: &tokio::runtime::Runtime, run: i64, key: &str) -> Vec<(i64, f64)> {
-    let points = rt.block_on(reg.metric_history(run, key)).unwrap();
-    points.into_iter().map(|p| (p.step, p.value)).collect()
-}
-
-/// The synthetic corpus generated under `tmp`, served over HTTP and ingested like web data as
-/// datasets `shapes` (500 pairs) and `shapes-heldout` (100), with the registry in `tmp/home`.
-fn ingested_corpus(tmp: &Path, rt: &tokio::runtime::Runtime) -> (PathBuf, Registry) {
-    let home = tmp.join("home");
-    let corpus = tmp.join("corpus");
-    let opts = GenerateOptions {
-        n: 500,
-        heldout: 100,
-        image_size: 96,
-        seed: 3,
-        ..GenerateOptions::default()
-    };
-    generate(&corpus, &opts).unwrap();
-    let server = rt
-        .block_on(serve(&corpus, "127.0.0.1:0".parse().unwrap()))
-        .unwrap();
-    write_url_lists(&corpus, &server.base_url()).unwrap();
-    for (list, dataset) in [("urls.tsv", "shapes"), ("heldout.tsv", "shapes-heldout")] {
-        let out = tmp.join("data").join(dataset);
-        let ingest = albef(&home)
-            .args(["ingest", "--input"])
-            .arg(corpus.join(list))
-            .arg("--output")
-            .arg(&out)
-            .args([
-                "--dataset",
-                dataset,
-                "--shard-size",
-                "200",
-                "--image-size",
-                "96",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            ingest.status.success(),
-            "ingest {list}: {}",
-            String::from_utf8_lossy(&ingest.stderr)
-        );
-    }
-    rt.block_on(server.shutdown()).unwrap();
-    let reg = rt
-        .block_on(Registry::connect(&format!(
-            "sqlite://{}",
-            home.join("registry.db").display()
-        )))
-        .unwrap();
-    (home, reg)
 }
 
 #[test]
@@ -177,48 +92,15 @@ fn ingest_train_interrupt_resume_evaluate() {
     );
 
     // Interrupted by SIGINT once a few steps are done: a checkpoint, status KILLED.
-    let mut child = train_args(&mut albef(&home))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read stderr on a thread until the end, so that the child never writes to a closed pipe.
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut log = String::new();
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("no progress:\n{log}"));
-        log.push_str(&line);
-        log.push('\n');
-        let step = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["fields"]["step"].as_i64());
-        if step.is_some_and(|s| s >= 4) {
-            break;
-        }
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    reader
-        .join()
-        .expect("the stderr reader ends with the child");
+    let mut child = Logged::spawn(train_args(&mut albef(&home)));
+    child.wait_for_step(4);
+    child.signal("INT");
+    let (status, stdout, log) = child.finish(Duration::from_secs(300));
     assert!(
-        out.status.success(),
+        status.success(),
         "the interrupted run exits cleanly:\n{log}"
     );
-    let stopped: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let stopped = last_json(&stdout);
     assert_eq!(stopped["status"], "KILLED");
     let stop_step = stopped["step"].as_i64().unwrap();
     assert!(

@@ -16,6 +16,7 @@ use clap::{Args, FromArgMatches, Subcommand};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// What every command gets from the global flags.
 pub struct Context {
@@ -97,19 +98,28 @@ pub fn parse_flags<T: Args + FromArgMatches>(
         .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))
 }
 
-/// A flag that the first Ctrl-C sets, after logging `what` the command does now (it stops at its
-/// next safe point); a second Ctrl-C exits at once with status 130.
+/// A flag that the first Ctrl-C or SIGTERM (what Slurm, Kubernetes and torchrun send to stop a
+/// job) sets, after logging `what` the command does now (it stops at its next safe point); a
+/// second one exits at once with status 130.
 pub fn stop_on_ctrl_c(what: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("Ctrl-C: {what} (Ctrl-C again aborts)");
-            flag.store(true, Ordering::SeqCst);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            tracing::warn!("cannot listen for SIGTERM: only Ctrl-C stops gracefully");
+            return;
+        };
+        let name = tokio::select! {
+            r = tokio::signal::ctrl_c() => if r.is_ok() { "Ctrl-C" } else { return },
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::warn!("{name}: {what} (Ctrl-C or SIGTERM again aborts)");
+        flag.store(true, Ordering::SeqCst);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
+        std::process::exit(130);
     });
     stop
 }

@@ -732,7 +732,7 @@ impl Pipeline<'_> {
             checkpoint_path,
             metrics,
         } = args
-            .execute(&self.reg, &self.ctx.home, self.stop.clone(), |run| {
+            .execute(&self.reg, &self.ctx.home, self.stop.clone(), None, |run| {
                 state.started_runs.insert(stage.name().into(), run);
                 state.save(state_path)
             })

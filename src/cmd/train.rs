@@ -1,14 +1,17 @@
 //! `albef train` and `albef eval`: pretraining on a registered dataset version, resuming a run,
 //! and zero-shot retrieval of a checkpoint. Parses the flags, opens the run in the registry,
-//! handles Ctrl-C and prints the result; the loop and the evaluation are in `albef_train`.
+//! handles Ctrl-C and SIGTERM and prints the result; the loop and the evaluation are in
+//! `albef_train`. Started by a launcher (torchrun, Slurm), `albef train` is one rank of a
+//! data-parallel run: rank 0 opens the registry run, the others train in step with it.
 use crate::cmd::Context;
 use crate::output::{print_json, Format, Table};
+use albef_dist::{Backend, World};
 use albef_registry::{Registry, RunStatus};
 use albef_train::checkpoint::Loaded;
 use albef_train::config::{parse_device, Config};
 use albef_train::eval::evaluate_checkpoint;
 use albef_train::trainer::tracking::{flatten_params, latest_checkpoint};
-use albef_train::trainer::{self, Tracking, TrainJob, Trained};
+use albef_train::trainer::{self, Dist, Tracking, TrainJob, Trained};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
@@ -16,6 +19,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
+use tch::Device;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -31,6 +36,12 @@ pub struct TrainArgs {
     /// Continue run RUN from its newest checkpoint (a new run records the continuation)
     #[arg(long, conflicts_with_all = ["config", "dataset"])]
     resume: Option<i64>,
+    /// A restartable job: continue from the newest checkpoint of the runs of this name in the
+    /// experiment (NAME, then NAME-restart-TIME for each restart), or start run NAME from
+    /// --config and --dataset when there is none. The same command line then serves every
+    /// attempt of `torchrun --max-restarts K` or of a requeued Slurm job
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["resume", "name"])]
+    resume_latest: Option<String>,
     /// Experiment of the run [default: the config file's name, or the resumed run's]
     #[arg(long)]
     experiment: Option<String>,
@@ -75,9 +86,31 @@ pub struct TrainArgs {
     /// The BERT tokenizer.json
     #[arg(long, env = "ALBEF_TOKENIZER", default_value = "assets/tokenizer.json")]
     tokenizer: PathBuf,
+    #[command(flatten)]
+    dist: DistArgs,
     /// Output format of the result
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+/// Data-parallel training. A launcher's environment makes this process one rank of several:
+/// torchrun or Kubeflow's PyTorchJob (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT),
+/// or Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR and MASTER_PORT
+/// exported by the job script). Without them the process trains alone.
+#[derive(Args, Clone)]
+pub struct DistArgs {
+    /// Collective backend across the ranks: gloo or nccl [default: nccl on CUDA, gloo on CPU]
+    #[arg(long, value_name = "BACKEND")]
+    dist_backend: Option<Backend>,
+    /// Seconds a collective waits for the other ranks before the run fails (a dead rank is
+    /// usually seen at once; a rank that hangs, after this long); keep it above the time
+    /// rank 0 spends on a held-out evaluation
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    dist_timeout: u64,
+    /// Every rank writes its final variables to DIR/rank-R.safetensors, to check that the
+    /// ranks agree (rank 0's are also in its checkpoint)
+    #[arg(long, value_name = "DIR")]
+    rank_weights: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -113,6 +146,8 @@ struct Plan {
     experiment: String,
     name: String,
     resume: Option<Loaded>,
+    /// The registry id of the checkpoint `resume` holds.
+    from_checkpoint: Option<i64>,
     tags: Vec<(String, String)>,
 }
 
@@ -120,7 +155,9 @@ impl TrainArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
         let registry = Registry::connect(&ctx.registry_url).await?;
         let stop = super::stop_on_ctrl_c("writing a checkpoint and stopping");
-        let trained = self.execute(&registry, &ctx.home, stop, |_| Ok(())).await?;
+        let trained = self
+            .execute(&registry, &ctx.home, stop, Some(&self.dist), |_| Ok(()))
+            .await?;
         let Trained {
             run,
             status,
@@ -159,11 +196,14 @@ impl TrainArgs {
     /// Opens the run in the registry (`on_run` is told its id before the first step), trains
     /// until the planned steps or until `stop` is set (a checkpoint is written first, status
     /// KILLED), and records the ending. Used by `albef train` and the pipeline's train stages.
+    /// With `dist` and a launcher's environment, this is one rank of several: rank 0 does all
+    /// of that, the other ranks learn the run's id from it and train in step.
     pub(super) async fn execute(
         &self,
         registry: &Registry,
         home: &Path,
         stop: Arc<AtomicBool>,
+        dist: Option<&DistArgs>,
         on_run: impl FnOnce(i64) -> Result<()>,
     ) -> Result<Trained> {
         let mut plan = self.plan(registry).await?;
@@ -181,6 +221,24 @@ impl TrainArgs {
             plan.config.train.score_weights = true;
         }
         let device = parse_device(&plan.config.train.device)?;
+        let dist = match dist {
+            Some(args) => args.join(device).await?,
+            None => None,
+        };
+        let device = rank_device(device, dist.as_deref())?;
+        if let Some(dist) = &dist {
+            same_start_as_rank_0(dist, plan.from_checkpoint)?;
+        }
+        if let Some(dist) = dist.clone().filter(|d| !d.is_main()) {
+            let run = dist
+                .broadcast_i64(0)
+                .context("waiting for rank 0's registry run")?;
+            on_run(run)?;
+            let job = self.job(plan, device, None, home, run, Some(dist));
+            return tokio::task::spawn_blocking(move || trainer::train_rank(job, run, &stop))
+                .await
+                .context("the training thread panicked")?;
+        }
         let eval_dir = match &self.eval_dataset {
             Some(spec) => Some(PathBuf::from(registry.dataset_version(spec).await?.uri)),
             None => None,
@@ -205,27 +263,12 @@ impl TrainArgs {
             .push(("device".into(), plan.config.train.device.clone()));
         registry.set_tags(run, &plan.tags).await?;
         on_run(run)?;
+        if let Some(dist) = &dist {
+            dist.broadcast_i64(run)
+                .context("telling the other ranks the registry run")?;
+        }
 
-        let job = TrainJob {
-            checkpoint_every: self
-                .checkpoint_every
-                .unwrap_or(plan.config.train.checkpoint_every),
-            config: plan.config,
-            device,
-            dataset_version: plan.dataset_version,
-            data_dir: plan.data_dir,
-            eval_dir,
-            steps: self.steps,
-            accumulate: self.accumulate,
-            clip_grad: self.clip_grad,
-            eval_every: self.eval_every,
-            k_test: self.k_test,
-            workers: self.workers,
-            tokenizer: self.tokenizer.clone(),
-            checkpoint_dir: home.join("checkpoints").join(format!("run-{run}")),
-            resume: plan.resume,
-            progress: std::io::stderr().is_terminal(),
-        };
+        let job = self.job(plan, device, eval_dir, home, run, dist);
         let tracking = Tracking {
             registry: registry.clone(),
             handle: tokio::runtime::Handle::current(),
@@ -250,56 +293,195 @@ impl TrainArgs {
         Ok(trained)
     }
 
-    /// A fresh run from --config and --dataset, or the continuation of --resume RUN.
+    /// The training job of `plan` for registry run `run`.
+    fn job(
+        &self,
+        plan: Plan,
+        device: Device,
+        eval_dir: Option<PathBuf>,
+        home: &Path,
+        run: i64,
+        dist: Option<Arc<Dist>>,
+    ) -> TrainJob {
+        TrainJob {
+            checkpoint_every: self
+                .checkpoint_every
+                .unwrap_or(plan.config.train.checkpoint_every),
+            config: plan.config,
+            device,
+            dataset_version: plan.dataset_version,
+            data_dir: plan.data_dir,
+            eval_dir,
+            steps: self.steps,
+            accumulate: self.accumulate,
+            clip_grad: self.clip_grad,
+            eval_every: self.eval_every,
+            k_test: self.k_test,
+            workers: self.workers,
+            tokenizer: self.tokenizer.clone(),
+            checkpoint_dir: home.join("checkpoints").join(format!("run-{run}")),
+            resume: plan.resume,
+            progress: std::io::stderr().is_terminal() && dist.as_ref().is_none_or(|d| d.is_main()),
+            dist,
+            rank_weights: self.dist.rank_weights.clone(),
+        }
+    }
+
+    /// A fresh run from --config and --dataset, the continuation of --resume RUN, or what
+    /// --resume-latest NAME finds.
     async fn plan(&self, registry: &Registry) -> Result<Plan> {
         // Milliseconds since the epoch keep default names unique.
         let stamp = albef_registry::now_ms();
         if let Some(resumed) = self.resume {
             let ckpt = latest_checkpoint(registry, resumed).await?;
-            let loaded = Loaded::open(Path::new(&ckpt.uri))
-                .with_context(|| format!("opening checkpoint {} of run {resumed}", ckpt.id))?;
             let old = registry.run(resumed).await?;
-            let version = registry
-                .dataset_version_by_id(loaded.state.dataset_version)
-                .await?;
-            return Ok(Plan {
-                config: loaded.state.config.clone(),
-                dataset_version: version.id,
-                data_dir: PathBuf::from(version.uri),
-                experiment: self.experiment.clone().unwrap_or(old.experiment),
-                name: self
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-from-{}-{stamp}", old.name, ckpt.step)),
-                resume: Some(loaded),
-                tags: vec![
-                    ("resumed_from_run".into(), resumed.to_string()),
-                    ("resumed_from_checkpoint".into(), ckpt.id.to_string()),
-                ],
-            });
+            let name = format!("{}-from-{}-{stamp}", old.name, ckpt.step);
+            return self.resumed_plan(registry, old, ckpt, name).await;
         }
         let (Some(path), Some(spec)) = (&self.config, &self.dataset) else {
             bail!("--config and --dataset are required unless --resume is given");
         };
-        let config = Config::load(path)?;
-        let version = registry.dataset_version(spec).await?;
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("albef")
             .to_string();
+        let experiment = self.experiment.clone().unwrap_or_else(|| stem.clone());
+        let mut name = format!("{stem}-{stamp}");
+        if let Some(key) = &self.resume_latest {
+            let (newest, taken) = newest_of(registry, &experiment, key).await?;
+            name = if taken {
+                format!("{key}-restart-{stamp}")
+            } else {
+                key.clone()
+            };
+            if let Some((old, ckpt)) = newest {
+                let mut plan = self.resumed_plan(registry, old, ckpt, name).await?;
+                plan.tags.push(("resume_latest".into(), key.clone()));
+                return Ok(plan);
+            }
+        }
+        let version = registry.dataset_version(spec).await?;
         Ok(Plan {
-            config,
+            config: Config::load(path)?,
             dataset_version: version.id,
             data_dir: PathBuf::from(version.uri),
-            experiment: self.experiment.clone().unwrap_or_else(|| stem.clone()),
-            name: self
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{stem}-{stamp}")),
+            experiment,
+            name: self.name.clone().unwrap_or(name),
             resume: None,
+            from_checkpoint: None,
             tags: Vec::new(),
         })
+    }
+
+    /// The continuation of run `old` from its checkpoint `ckpt`, named `name` unless --name.
+    async fn resumed_plan(
+        &self,
+        registry: &Registry,
+        old: albef_registry::Run,
+        ckpt: albef_registry::Checkpoint,
+        name: String,
+    ) -> Result<Plan> {
+        let loaded = Loaded::open(Path::new(&ckpt.uri))
+            .with_context(|| format!("opening checkpoint {} of run {}", ckpt.id, old.id))?;
+        let version = registry
+            .dataset_version_by_id(loaded.state.dataset_version)
+            .await?;
+        Ok(Plan {
+            config: loaded.state.config.clone(),
+            dataset_version: version.id,
+            data_dir: PathBuf::from(version.uri),
+            experiment: self.experiment.clone().unwrap_or(old.experiment),
+            name: self.name.clone().unwrap_or(name),
+            resume: Some(loaded),
+            from_checkpoint: Some(ckpt.id),
+            tags: vec![
+                ("resumed_from_run".into(), old.id.to_string()),
+                ("resumed_from_checkpoint".into(), ckpt.id.to_string()),
+            ],
+        })
+    }
+}
+
+/// The newest checkpoint (highest step) of the runs of `experiment` named `key` or
+/// `key-restart-*`, with its run, and whether any such run exists.
+async fn newest_of(
+    registry: &Registry,
+    experiment: &str,
+    key: &str,
+) -> Result<(
+    Option<(albef_registry::Run, albef_registry::Checkpoint)>,
+    bool,
+)> {
+    let restart = format!("{key}-restart-");
+    let runs: Vec<_> = registry
+        .runs(None)
+        .await?
+        .into_iter()
+        .filter(|r| r.experiment == experiment)
+        .filter(|r| r.name == key || r.name.starts_with(&restart))
+        .collect();
+    let newest = registry
+        .checkpoints(None)
+        .await?
+        .into_iter()
+        .filter(|c| runs.iter().any(|r| r.id == c.run_id))
+        .max_by_key(|c| (c.step, c.id));
+    let taken = !runs.is_empty();
+    let newest = newest.map(|c| {
+        let run = runs
+            .into_iter()
+            .find(|r| r.id == c.run_id)
+            .expect("its run");
+        (run, c)
+    });
+    Ok((newest, taken))
+}
+
+impl DistArgs {
+    /// Joins the process group when a launcher started this process (`None` when none did),
+    /// on the backend given or the one for `device`.
+    async fn join(&self, device: Device) -> Result<Option<Arc<Dist>>> {
+        let Some(world) = World::from_env().context("reading the launcher's environment")? else {
+            return Ok(None);
+        };
+        let backend = self
+            .dist_backend
+            .unwrap_or_else(|| Backend::for_device(device));
+        let timeout = Duration::from_secs(self.dist_timeout.max(1));
+        let joined = tokio::task::spawn_blocking(move || Dist::join(&world, backend, timeout))
+            .await
+            .context("the thread joining the process group panicked")??;
+        Ok(Some(joined))
+    }
+}
+
+/// Fails unless rank 0 starts from the same checkpoint (`None`: a fresh run) as this rank.
+fn same_start_as_rank_0(dist: &Dist, from_checkpoint: Option<i64>) -> Result<()> {
+    let mine = from_checkpoint.unwrap_or(-1);
+    let main = dist.broadcast_i64(mine)?;
+    let name = |id: i64| match id {
+        -1 => "a fresh start".to_string(),
+        id => format!("checkpoint {id}"),
+    };
+    if main != mine {
+        bail!(
+            "rank {} starts from {} but rank 0 from {}: every rank must see the same registry \
+             (use one Postgres registry for ranks on several machines)",
+            dist.rank(),
+            name(mine),
+            name(main)
+        );
+    }
+    Ok(())
+}
+
+/// The device of this rank: `cuda` becomes the GPU of the rank's LOCAL_RANK when several
+/// processes share a machine; the CPU stays the CPU.
+fn rank_device(device: Device, dist: Option<&Dist>) -> Result<Device> {
+    match (device, dist) {
+        (Device::Cuda(_), Some(dist)) => parse_device(&format!("cuda:{}", dist.local_rank())),
+        _ => Ok(device),
     }
 }
 
