@@ -496,6 +496,15 @@ def bench(args):
     model.copy_params()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim != 1 and not n.endswith(".bias")]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim == 1 or n.endswith(".bias"))]
+    step_model = model
+    if args.ddp:
+        # As Pretrain.py runs it: DistributedDataParallel over a process group (here of one rank:
+        # NCCL on CUDA, Gloo on the CPU), which buckets and all-reduces the gradients in backward.
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{args.port}",
+                                rank=0, world_size=1)
+        ids_ = [torch.device(args.device).index or 0] if cuda else None
+        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids_)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=t["lr"])
     image, ids, att = random_batch(m, t["batch_size"], t["max_tokens"])
@@ -504,7 +513,7 @@ def bench(args):
         start = time.perf_counter()
         mlm_ids, mlm_labels = mask_tokens(ids, m)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.amp):
-            itc, itm, mlm = model(image, ids, att, m["alpha"], mlm_ids, mlm_labels, full_vocab=not args.masked_only)
+            itc, itm, mlm = step_model(image, ids, att, m["alpha"], mlm_ids, mlm_labels, full_vocab=not args.masked_only)
         opt.zero_grad()
         (itc + itm + mlm).backward()
         opt.step()
@@ -512,9 +521,10 @@ def bench(args):
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     print(json.dumps({"median_step_ms": statistics.median(times), "steps": len(times),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
-                      "amp": cuda and args.amp, "step_ms": times}))
+                      "amp": cuda and args.amp, "ddp": args.ddp, "peak_gib": peak, "step_ms": times}))
 
 
 def main():
@@ -531,6 +541,8 @@ def main():
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     b.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     b.add_argument("--masked-only", action="store_true", help="vocabulary projection at masked rows only")
+    b.add_argument("--ddp", action="store_true", help="wrap the model in DistributedDataParallel (one rank)")
+    b.add_argument("--port", type=int, default=29571, help="--ddp's process-group port on 127.0.0.1")
     a = ap.parse_args()
     fixtures(a) if a.cmd == "fixtures" else bench(a)
 
