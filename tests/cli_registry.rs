@@ -418,3 +418,63 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         "colour codes in piped logs: {stderr:?}"
     );
 }
+
+/// Ingest's numbers are checked when the flags are read: no panic, no wait, no dataset version.
+#[test]
+fn ingest_refuses_bad_numbers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let list = dir.path().join("urls.tsv");
+    std::fs::write(&list, "url\tcaption\nhttp://127.0.0.1:9/a.jpg\ta\n").unwrap();
+    let ingest = |flags: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_albef"))
+            .args(["--registry", &url, "ingest", "--input"])
+            .arg(&list)
+            .arg("--output")
+            .arg(dir.path().join("out"))
+            .args(["--dataset", "d"])
+            .args(flags)
+            .env("ALBEF_HOME", dir.path())
+            .output()
+            .expect("albef ingest");
+        (out, started.elapsed())
+    };
+    for flag in [
+        "--timeout=-1",
+        "--timeout=nan",
+        "--timeout=inf",
+        "--timeout=0",
+        "--connect-timeout=-1",
+        "--backoff=-1",
+        "--per-host-rate=nan",
+    ] {
+        let (out, _) = ingest(&[flag]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        let name = flag.split('=').next().unwrap();
+        assert!(
+            stderr.contains(name),
+            "{flag}: the error names the flag: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+    let (out, took) = ingest(&["--worker-index", "3", "--num-workers", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--worker-index 3 is not below --num-workers 1"),
+        "{stderr}"
+    );
+    assert!(took.as_secs() < 30, "refused at once, not after {took:?}");
+    let versions = Command::new(env!("CARGO_BIN_EXE_albef"))
+        .args(["--registry", &url, "datasets", "list", "--format", "json"])
+        .env("ALBEF_HOME", dir.path())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&versions.stdout);
+    assert!(
+        !listed.contains("\"d\""),
+        "no version was registered: {listed}"
+    );
+}

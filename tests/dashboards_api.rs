@@ -54,6 +54,15 @@ fn check_reads(s: &Server, d: &Demo) {
         "the error points past the operator: {e}"
     );
     assert_eq!(e["input"], "metrics.loss <");
+    // 2,000 nested parentheses (4 KB, no token): a 400 at the 33rd '(', and the server lives on.
+    let deep = format!("{}id%20%3D%201{}", "(".repeat(2000), ")".repeat(2000));
+    let (st, e) = s.get(&format!("/api/runs?filter={deep}"));
+    assert_eq!((st, e["column"].as_u64()), (400, Some(33)), "{e}");
+    let order = vec!["min%28metrics.loss%29"; 150].join(",");
+    let (st, e) = s.get(&format!("/api/runs?order_by={order}"));
+    assert_eq!(st, 400, "150 order terms are refused: {e}");
+    let (st, _) = s.get("/api/runs?experiment=pretrain");
+    assert_eq!(st, 200, "the server still answers");
     let (st, e) = s.get("/api/runs?experiment=nope");
     assert_eq!(st, 404, "{e}");
 

@@ -74,22 +74,22 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 16)]
     per_host_concurrency: usize,
     /// Requests per second per host (0: no limit)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
     per_host_rate: f64,
     /// Rows being fetched or processed at once, over all hosts
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
     /// Seconds allowed per request attempt (connect, headers and body)
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::positive_seconds)]
     timeout: f64,
     /// Seconds allowed to connect
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = super::positive_seconds)]
     connect_timeout: f64,
     /// Retries of transient failures (timeouts, resets, 5xx, 429), with exponential backoff
     #[arg(long, default_value_t = 2)]
     retries: u32,
     /// Seconds before the first retry (doubles each time, with jitter)
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = super::non_negative)]
     backoff: f64,
     /// Largest download in bytes
     #[arg(long, default_value_t = 32 << 20)]
@@ -123,7 +123,7 @@ pub struct IngestArgs {
     claim_shards: bool,
     /// Seconds a shard claim lasts without renewal (renewed every third of it): how long a dead
     /// worker's shards wait before another worker takes them over
-    #[arg(long, default_value_t = 60.0, requires = "claim_shards")]
+    #[arg(long, default_value_t = 60.0, requires = "claim_shards", value_parser = super::positive_seconds)]
     claim_lease: f64,
     /// Threads decoding and resizing images [default: the number of cores]
     #[arg(long)]
@@ -255,6 +255,13 @@ pub(super) async fn ingest_dataset(
     args: &IngestArgs,
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
+    anyhow::ensure!(
+        args.worker_index < args.num_workers,
+        "--worker-index {} is not below --num-workers {}: give each of N workers one index from 0 \
+         to N-1",
+        args.worker_index,
+        args.num_workers
+    );
     let owner = format!("{}:ingest", albef_registry::process_owner());
     let mut config = args.config();
     let mut wait = Duration::from_secs(args.lock_wait);

@@ -98,6 +98,23 @@ pub fn parse_flags<T: Args + FromArgMatches>(
         .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))
 }
 
+/// A number of seconds from the command line that a duration is made of: finite and above 0
+/// (`Duration::from_secs_f64` panics on negative, NaN and infinite values).
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds above 0")),
+    }
+}
+
+/// A finite number of at least 0 (a rate, a pause that may be none).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number of at least 0")),
+    }
+}
+
 /// A flag that the first Ctrl-C or SIGTERM (what Slurm, Kubernetes and torchrun send to stop a
 /// job) sets, after logging `what` the command does now (it stops at its next safe point); a
 /// second one exits at once with status 130.

@@ -3,6 +3,15 @@
 use super::lexer::{lex, Tok, Token};
 use super::{Agg, Attr, Expr, Field, Literal, Op, OrderTerm, QueryError};
 
+/// The bounds of one filter or order-by, the same on every backend: the parser recurses once per
+/// parenthesis (an unbounded depth overflows the stack of a server's worker), and every
+/// comparison and order term costs the database a join or a sub-query.
+pub const MAX_INPUT_BYTES: usize = 8192;
+pub const MAX_DEPTH: usize = 32;
+pub const MAX_COMPARISONS: usize = 100;
+pub const MAX_IN_VALUES: usize = 1000;
+pub const MAX_ORDER_TERMS: usize = 8;
+
 /// Parses a filter expression.
 pub fn parse_filter(input: &str) -> Result<Expr, QueryError> {
     let mut p = FieldParser::new(input)?;
@@ -28,6 +37,9 @@ pub fn parse_order_by(input: &str) -> Result<Vec<OrderTerm>, QueryError> {
                 false
             };
             terms.push(OrderTerm { field, descending });
+            if terms.len() > MAX_ORDER_TERMS {
+                return Err(p.error_here(format!("more than {MAX_ORDER_TERMS} order terms")));
+            }
             if !p.eat(&Tok::Comma) {
                 break;
             }
@@ -43,14 +55,29 @@ pub struct FieldParser<'a> {
     input: &'a str,
     tokens: Vec<Token>,
     pos: usize,
+    /// Parentheses open around the cursor, and comparisons read so far.
+    depth: usize,
+    comparisons: usize,
 }
 
 impl<'a> FieldParser<'a> {
+    /// Lexes `input`; longer than [`MAX_INPUT_BYTES`] is an error at the first column past it.
     pub fn new(input: &'a str) -> Result<Self, QueryError> {
+        if input.len() > MAX_INPUT_BYTES {
+            let cut = (0..=MAX_INPUT_BYTES)
+                .rev()
+                .find(|&i| input.is_char_boundary(i))
+                .unwrap_or(0);
+            let column = input[..cut].chars().count() + 1;
+            let message = format!("longer than {MAX_INPUT_BYTES} bytes");
+            return Err(QueryError::new(input, column, message));
+        }
         Ok(Self {
             input,
             tokens: lex(input)?,
             pos: 0,
+            depth: 0,
+            comparisons: 0,
         })
     }
 
@@ -143,7 +170,13 @@ impl<'a> FieldParser<'a> {
     fn unary(&mut self) -> Result<Expr, QueryError> {
         if self.eat(&Tok::LParen) {
             let open = self.tokens[self.pos - 1].col;
+            if self.depth == MAX_DEPTH {
+                let message = format!("parentheses nested deeper than {MAX_DEPTH}");
+                return Err(self.error_at(open, message));
+            }
+            self.depth += 1;
             let inner = self.or()?;
+            self.depth -= 1;
             if !self.eat(&Tok::RParen) {
                 return Err(self.error_here(format!(
                     "expected ')' to close the '(' at column {open}, found {}",
@@ -156,6 +189,11 @@ impl<'a> FieldParser<'a> {
     }
 
     fn comparison(&mut self) -> Result<Expr, QueryError> {
+        self.comparisons += 1;
+        if self.comparisons > MAX_COMPARISONS {
+            let message = format!("more than {MAX_COMPARISONS} comparisons");
+            return Err(self.error_here(message));
+        }
         let field = self.field()?;
         let op_token = self.peek().clone();
         let negated = self.keyword("NOT");
@@ -164,6 +202,10 @@ impl<'a> FieldParser<'a> {
             self.expect(Tok::LParen, "after IN")?;
             let mut values = vec![self.value(&field, "in the IN list")?];
             while self.eat(&Tok::Comma) {
+                if values.len() == MAX_IN_VALUES {
+                    let message = format!("more than {MAX_IN_VALUES} values in an IN list");
+                    return Err(self.error_here(message));
+                }
                 values.push(self.value(&field, "after ','")?);
             }
             if !self.eat(&Tok::RParen) {
@@ -438,6 +480,39 @@ mod tests {
         assert!(!t[0].descending && t[1].descending && !t[2].descending);
         let e = parse_order_by("metrics.loss sideways").unwrap_err();
         assert_eq!((e.what, e.column), ("order-by", 14));
+    }
+
+    #[test]
+    fn limits_are_errors_at_their_column_not_crashes() {
+        // 100,000 nested parentheses would overflow the stack without the depth limit.
+        for n in [33, 2_000, 100_000] {
+            let input = format!("{}id = 1{}", "(".repeat(n), ")".repeat(n));
+            let e = parse_filter(&input).unwrap_err();
+            if input.len() > MAX_INPUT_BYTES {
+                assert_eq!(e.message, "longer than 8192 bytes");
+                assert_eq!(e.column, MAX_INPUT_BYTES + 1);
+            } else {
+                assert_eq!(e.message, "parentheses nested deeper than 32");
+                assert_eq!(e.column, 33, "the 33rd '('");
+            }
+        }
+        let deep = format!("{}id = 1{}", "(".repeat(32), ")".repeat(32));
+        assert!(parse_filter(&deep).is_ok(), "32 levels are allowed");
+        let many = vec!["id = 1"; 101].join(" AND ");
+        let e = parse_filter(&many).unwrap_err();
+        assert_eq!(e.message, "more than 100 comparisons");
+        assert_eq!(e.column, 100 * "id = 1 AND ".len() + 1);
+        assert!(parse_filter(&vec!["id = 1"; 100].join(" AND ")).is_ok());
+        let list = (0..1001)
+            .map(|i| format!("'{i}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = parse_filter(&format!("params.a IN ({list})")).unwrap_err();
+        assert!(e.message.contains("1000 values"), "{}", e.message);
+        let order = vec!["params.lr"; 9].join(", ");
+        let e = parse_order_by(&order).unwrap_err();
+        assert_eq!(e.message, "more than 8 order terms");
+        assert!(parse_order_by(&vec!["params.lr"; 8].join(", ")).is_ok());
     }
 
     #[test]
