@@ -189,7 +189,7 @@ fn check_row(
         None => phash,
     };
     Ok(index
-        .check_content(&sha, phash, mirror, phash_distance, &row.key)
+        .check_content(&sha, Some((phash, mirror)), phash_distance, &row.key)
         .map(|(first, kind)| {
             let d = LateDuplicate {
                 key: row.key.clone(),

@@ -150,13 +150,13 @@ impl DedupIndex {
         }
     }
 
-    /// The first copy of these bytes (sha256) or of this picture (pHash within `max_distance`,
-    /// mirrored too; `None` turns near-duplicate search off), or `None` after recording `key`.
+    /// The first copy of these bytes (sha256) or of this picture (its pHash and mirrored pHash
+    /// within `max_distance`; `None` turns near-duplicate search off), or `None` after recording
+    /// `key`. A picture without a hash takes part in exact dedupe only.
     pub fn check_content(
         &mut self,
         sha256: &[u8; 32],
-        phash: u64,
-        phash_mirror: u64,
+        phash: Option<(u64, u64)>,
         max_distance: Option<u32>,
         key: &str,
     ) -> Option<(String, DupKind)> {
@@ -164,14 +164,16 @@ impl DedupIndex {
         if let Some(&id) = self.sha.get(&s) {
             return Some((self.key(id).to_string(), DupKind::Exact));
         }
-        if let Some(d) = max_distance {
-            if let Some((dist, id)) = self.nearest(&[phash, phash_mirror], d) {
+        if let (Some(d), Some((hash, mirror))) = (max_distance, phash) {
+            if let Some((dist, id)) = self.nearest(&[hash, mirror], d) {
                 return Some((self.key(id).to_string(), DupKind::Near(dist)));
             }
         }
         let id = self.key_id(key);
         self.sha.insert(s, id);
-        self.insert_phash(phash, id);
+        if let Some((hash, _)) = phash {
+            self.insert_phash(hash, id);
+        }
         None
     }
 
@@ -320,7 +322,7 @@ mod tests {
             .collect();
         for (i, &h) in stored.iter().enumerate() {
             assert!(idx
-                .check_content(&sha(&i.to_string()), h, !h, None, &format!("k{i}"))
+                .check_content(&sha(&i.to_string()), Some((h, !h)), None, &format!("k{i}"))
                 .is_none());
         }
         for d in [0u32, 3, 6, 8, 10] {
@@ -357,23 +359,23 @@ mod tests {
             Some(("000".into(), DupKind::Url))
         );
         assert_eq!(
-            idx.check_content(&sha("x"), 0xF0F0, 0x0F0F, Some(4), "000"),
+            idx.check_content(&sha("x"), Some((0xF0F0, 0x0F0F)), Some(4), "000"),
             None
         );
         assert_eq!(
-            idx.check_content(&sha("x"), 0, 0, Some(4), "003"),
+            idx.check_content(&sha("x"), Some((0, 0)), Some(4), "003"),
             Some(("000".into(), DupKind::Exact))
         );
         assert_eq!(
-            idx.check_content(&sha("y"), 0xF0F1, 1, Some(4), "004"),
+            idx.check_content(&sha("y"), Some((0xF0F1, 1)), Some(4), "004"),
             Some(("000".into(), DupKind::Near(1)))
         );
         assert_eq!(
-            idx.check_content(&sha("z"), 1, 0xF0F0, Some(4), "005"),
+            idx.check_content(&sha("z"), Some((1, 0xF0F0)), Some(4), "005"),
             Some(("000".into(), DupKind::Near(0)))
         );
         assert_eq!(
-            idx.check_content(&sha("w"), u64::MAX, u64::MAX, Some(4), "006"),
+            idx.check_content(&sha("w"), Some((u64::MAX, u64::MAX)), Some(4), "006"),
             None
         );
 
@@ -386,11 +388,29 @@ mod tests {
             Some(("ds@1/000".into(), DupKind::Url))
         );
         assert_eq!(
-            back.check_content(&sha("w"), 5, 5, None, "n1"),
+            back.check_content(&sha("w"), Some((5, 5)), None, "n1"),
             Some(("ds@1/006".into(), DupKind::Exact))
         );
         std::fs::write(&path, b"ALBEFDX1\x05").unwrap();
         assert!(DedupIndex::load(&path).is_err());
+    }
+
+    #[test]
+    fn pictures_without_a_hash_are_never_near_duplicates() {
+        let mut idx = DedupIndex::new();
+        for key in ["a", "b"] {
+            assert_eq!(idx.check_content(&sha(key), None, Some(64), key), None);
+        }
+        // Nor is a hashed picture a near duplicate of them (distance 64 matches any hash).
+        assert_eq!(
+            idx.check_content(&sha("c"), Some((0, 0)), Some(64), "c"),
+            None
+        );
+        assert_eq!(
+            idx.check_content(&sha("a"), None, Some(64), "a2"),
+            Some(("a".into(), DupKind::Exact)),
+            "exact dedupe still applies"
+        );
     }
 
     #[test]
@@ -400,7 +420,7 @@ mod tests {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         idx.add_existing("000", Some("http://a/1.jpg"), "t", Some((&hex, 42)));
         assert_eq!(
-            idx.check_content(&digest, 999, 999, None, "001"),
+            idx.check_content(&digest, Some((999, 999)), None, "001"),
             Some(("000".into(), DupKind::Exact))
         );
     }

@@ -58,8 +58,13 @@ pub fn phash_luma(luma: &[f32; N * N]) -> (u64, u64) {
     (bits(&coeffs), bits(&mirrored))
 }
 
-/// The pHash and mirrored pHash of an RGB image (`rgb` is width*height*3 bytes).
-pub fn phash_rgb(rgb: &[u8], width: u32, height: u32) -> (u64, u64) {
+/// The pHash and mirrored pHash of an RGB image (`rgb` is width*height*3 bytes); `None` when
+/// the image cannot be reduced to the hash's size (a hash of 0 would make every such image a
+/// near duplicate of the others).
+pub fn phash_rgb(rgb: &[u8], width: u32, height: u32) -> Option<(u64, u64)> {
+    if width == 0 || height == 0 {
+        return None;
+    }
     let mut small = fr::images::Image::new(N as u32, N as u32, fr::PixelType::U8x3);
     let ok = fr::images::ImageRef::new(width, height, rgb, fr::PixelType::U8x3)
         .ok()
@@ -68,14 +73,12 @@ pub fn phash_rgb(rgb: &[u8], width: u32, height: u32) -> (u64, u64) {
                 .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Box));
             fr::Resizer::new().resize(&src, &mut small, &opts).ok()
         });
-    if ok.is_none() {
-        return (0, 0);
-    }
+    ok?;
     let mut luma = [0f32; N * N];
     for (l, p) in luma.iter_mut().zip(small.buffer().chunks_exact(3)) {
         *l = 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
     }
-    phash_luma(&luma)
+    Some(phash_luma(&luma))
 }
 
 #[cfg(test)]
@@ -97,8 +100,8 @@ mod tests {
 
     #[test]
     fn mirror_hash_matches_the_hash_of_the_mirror() {
-        let (h, hm) = phash_rgb(&gradient(false), 64, 48);
-        let (f, fm) = phash_rgb(&gradient(true), 64, 48);
+        let (h, hm) = phash_rgb(&gradient(false), 64, 48).unwrap();
+        let (f, fm) = phash_rgb(&gradient(true), 64, 48).unwrap();
         // Equal up to coefficients that sit at the median (float rounding decides those).
         assert!((hm ^ f).count_ones() <= 6, "{hm:064b} vs {f:064b}");
         assert!((fm ^ h).count_ones() <= 6, "{fm:064b} vs {h:064b}");
@@ -106,5 +109,11 @@ mod tests {
             (h ^ f).count_ones() > 16,
             "the test image should not be symmetric"
         );
+    }
+
+    #[test]
+    fn an_image_that_cannot_be_reduced_has_no_hash() {
+        assert_eq!(phash_rgb(&[], 0, 0), None);
+        assert_eq!(phash_rgb(&[1, 2, 3], 64, 48), None, "too few bytes");
     }
 }

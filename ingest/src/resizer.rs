@@ -65,9 +65,9 @@ pub struct Processed {
     pub height: u32,
     pub original_width: u32,
     pub original_height: u32,
-    pub phash: u64,
-    /// The pHash of the mirrored image, to find mirrored copies.
-    pub phash_mirror: u64,
+    /// The pHash and the pHash of the mirrored image (to find mirrored copies); `None` when the
+    /// image could not be hashed: it then takes part in exact dedupe only.
+    pub phash: Option<(u64, u64)>,
 }
 
 /// Why an image was not kept: `filtered` (status filtered_out) or undecodable (failed_to_decode).
@@ -153,7 +153,7 @@ pub fn process(
     times.resize += t.elapsed();
 
     let t = Instant::now();
-    let (phash, phash_mirror) = phash::phash_rgb(out.as_raw(), out.width(), out.height());
+    let phash = phash::phash_rgb(out.as_raw(), out.width(), out.height());
     times.hash += t.elapsed();
 
     let t = Instant::now();
@@ -167,7 +167,6 @@ pub fn process(
         original_width: original.0,
         original_height: original.1,
         phash,
-        phash_mirror,
     })
 }
 
@@ -181,7 +180,9 @@ pub fn stored_mirror_phash(jpg: &[u8]) -> Result<u64, String> {
         ..ImageConfig::default()
     };
     let (rgb, _) = decode_jpeg(jpg, &cfg).map_err(|r| r.message)?;
-    Ok(phash::phash_rgb(rgb.as_raw(), rgb.width(), rgb.height()).1)
+    phash::phash_rgb(rgb.as_raw(), rgb.width(), rgb.height())
+        .map(|(_, mirror)| mirror)
+        .ok_or_else(|| "cannot hash the decoded picture".to_string())
 }
 
 /// Size and shape checks on the declared (oriented) dimensions, before decoding.
