@@ -214,6 +214,19 @@ fn check_writes(url: &str, d: &Demo) {
     let s = Server::start(url, Some("s3cret"));
     let (st, _) = s.post("/api/models/albef/promote", None, &body);
     assert_eq!(st, 401);
+    // Without the token a malformed body is refused for the token, not for its shape (which
+    // would tell the body's schema to anyone).
+    for bad in [json!({"nonsense": true}), json!("not an object")] {
+        for path in ["/api/models/albef/promote", "/api/models/albef/rollback"] {
+            let (st, e) = s.post(path, None, &bad);
+            assert_eq!(st, 401, "{path} {bad}: {e}");
+        }
+    }
+    let (st, _, _) = s.request("POST", "/api/models/albef/promote", &[], None);
+    assert_eq!(
+        st, 401,
+        "no body and no content type: still the token first"
+    );
     let (st, _) = s.post("/api/models/albef/promote", Some("wrong"), &body);
     assert_eq!(st, 401);
     let (st, ev) = s.post("/api/models/albef/promote", Some("s3cret"), &body);

@@ -307,7 +307,7 @@ impl Server {
         (status, parse_json(path, &body))
     }
 
-    fn request(
+    pub fn request(
         &self,
         method: &str,
         path: &str,

@@ -1,11 +1,11 @@
 //! The JSON endpoints of `albef serve`: thin wrappers that parse the query, call one registry
 //! method and answer its result (or an [`ApiError`]).
-use super::{authorize, ApiError, AppState};
+use super::{ApiError, AppState, Authorized};
 use crate::datasets::{histograms, DatasetVersion, Histogram, Shard};
 use crate::models::{Checkpoint, ModelAliases, PromotionEvent, PromotionRequest};
 use crate::tracking::{Comparison, RunDetail, RunSearch};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -158,10 +158,9 @@ pub(super) struct PromoteBody {
 pub(super) async fn promote(
     State(s): State<AppState>,
     Path(model): Path<String>,
-    headers: HeaderMap,
+    _: Authorized,
     Json(body): Json<PromoteBody>,
 ) -> ApiResult<PromotionEvent> {
-    authorize(&s, &headers)?;
     let req = PromotionRequest {
         checkpoint: body.checkpoint,
         model,
@@ -186,10 +185,9 @@ pub(super) struct RollbackBody {
 pub(super) async fn rollback(
     State(s): State<AppState>,
     Path(model): Path<String>,
-    headers: HeaderMap,
+    _: Authorized,
     Json(body): Json<RollbackBody>,
 ) -> ApiResult<PromotionEvent> {
-    authorize(&s, &headers)?;
     let actor = body.actor.unwrap_or_else(|| "api".into());
     Ok(Json(
         s.reg

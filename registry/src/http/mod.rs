@@ -8,6 +8,8 @@ mod assets;
 use crate::query::QueryError;
 use crate::Registry;
 use anyhow::{Context, Result};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -145,6 +147,19 @@ impl IntoResponse for ApiError {
             body["what"] = json!(f.what);
         }
         (self.status, Json(body)).into_response()
+    }
+}
+
+/// A writing request that carries the configured bearer token. As an extractor it runs before
+/// the body is read, so a request without the token is refused before its body is parsed and
+/// learns nothing of the body's schema.
+struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers).map(|()| Authorized)
     }
 }
 
