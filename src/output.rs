@@ -75,7 +75,7 @@ impl Table {
                 let cells: Vec<Vec<String>> = self
                     .rows
                     .iter()
-                    .map(|r| r.iter().map(cell_text).collect())
+                    .map(|r| r.iter().map(|v| printable(&cell_text(v))).collect())
                     .collect();
                 let mut widths: Vec<usize> =
                     self.headers.iter().map(|h| h.chars().count()).collect();
@@ -115,7 +115,8 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An epoch-milliseconds time (as the registry stores them) as a UTC `YYYY-MM-DD HH:MM:SS` cell.
+/// An epoch-milliseconds time (as the registry stores them) as an RFC 3339 UTC cell,
+/// `YYYY-MM-DDTHH:MM:SSZ`: one unambiguous form in tables, CSV and JSON.
 pub fn time_cell(ms: Option<i64>) -> Value {
     let Some(ms) = ms else { return Value::Null };
     let secs = ms.div_euclid(1000);
@@ -131,7 +132,7 @@ pub fn time_cell(ms: Option<i64>) -> Value {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     Value::String(format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -144,6 +145,23 @@ fn cell_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// A cell as a terminal shows it safely: control characters (escape sequences that clear the
+/// screen or move the cursor, newlines that fake rows) written as Rust escapes (`\u{1b}`, `\n`).
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn csv_field(s: &str) -> String {
@@ -159,6 +177,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn tables_escape_control_characters() {
+        let mut t = Table::new(["name"]);
+        t.push(vec![json!("run\x1b[2J\nfake  row\u{7}")]);
+        let out = t.render(Format::Table);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "one header, one row: {out:?}");
+        assert!(out.contains("run\\u{1b}[2J\\nfake  row\\u{7}"), "{out:?}");
+        // JSON and CSV keep the value itself.
+        assert!(t.render(Format::Json).contains("\\u001b"));
+    }
+
     fn sample() -> Table {
         let mut t = Table::new(["id", "name", "loss"]);
         t.push(vec![json!(1), json!("a, \"b\""), json!(0.5)]);
@@ -168,10 +198,10 @@ mod tests {
 
     #[test]
     fn times_are_utc() {
-        assert_eq!(time_cell(Some(0)), json!("1970-01-01 00:00:00"));
+        assert_eq!(time_cell(Some(0)), json!("1970-01-01T00:00:00Z"));
         assert_eq!(
             time_cell(Some(1_709_251_199_999)),
-            json!("2024-02-29 23:59:59")
+            json!("2024-02-29T23:59:59Z")
         );
         assert_eq!(time_cell(None), Value::Null);
     }
