@@ -58,7 +58,7 @@ fn check_reads(s: &Server, d: &Demo) {
     let deep = format!("{}id%20%3D%201{}", "(".repeat(2000), ")".repeat(2000));
     let (st, e) = s.get(&format!("/api/runs?filter={deep}"));
     assert_eq!((st, e["column"].as_u64()), (400, Some(33)), "{e}");
-    let order = vec!["min%28metrics.loss%29"; 150].join(",");
+    let order = ["min%28metrics.loss%29"; 150].join(",");
     let (st, e) = s.get(&format!("/api/runs?order_by={order}"));
     assert_eq!(st, 400, "150 order terms are refused: {e}");
     let (st, _) = s.get("/api/runs?experiment=pretrain");

@@ -110,7 +110,7 @@ pub fn positive_seconds(s: &str) -> Result<f64, String> {
 /// A finite number of at least 0 (a rate, a pause that may be none).
 pub fn non_negative(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v < 1e9 => Ok(v),
+        Ok(v) if (0.0..1e9).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a finite number of at least 0")),
     }
 }

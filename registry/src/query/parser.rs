@@ -498,21 +498,21 @@ mod tests {
         }
         let deep = format!("{}id = 1{}", "(".repeat(32), ")".repeat(32));
         assert!(parse_filter(&deep).is_ok(), "32 levels are allowed");
-        let many = vec!["id = 1"; 101].join(" AND ");
+        let many = ["id = 1"; 101].join(" AND ");
         let e = parse_filter(&many).unwrap_err();
         assert_eq!(e.message, "more than 100 comparisons");
         assert_eq!(e.column, 100 * "id = 1 AND ".len() + 1);
-        assert!(parse_filter(&vec!["id = 1"; 100].join(" AND ")).is_ok());
+        assert!(parse_filter(&["id = 1"; 100].join(" AND ")).is_ok());
         let list = (0..1001)
             .map(|i| format!("'{i}'"))
             .collect::<Vec<_>>()
             .join(",");
         let e = parse_filter(&format!("params.a IN ({list})")).unwrap_err();
         assert!(e.message.contains("1000 values"), "{}", e.message);
-        let order = vec!["params.lr"; 9].join(", ");
+        let order = ["params.lr"; 9].join(", ");
         let e = parse_order_by(&order).unwrap_err();
         assert_eq!(e.message, "more than 8 order terms");
-        assert!(parse_order_by(&vec!["params.lr"; 8].join(", ")).is_ok());
+        assert!(parse_order_by(&["params.lr"; 8].join(", ")).is_ok());
     }
 
     #[test]
