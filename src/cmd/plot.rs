@@ -203,7 +203,10 @@ fn render(metric: &str, series: &[(String, Vec<MetricPoint>)], w: f64, h: f64) -
         40.0,
         50.0 + 18.0 * series.len().div_ceil(3) as f64,
     );
-    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let all = series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .filter(|p| p.value.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in all {
         x0 = x0.min(p.step as f64);
@@ -211,24 +214,29 @@ fn render(metric: &str, series: &[(String, Vec<MetricPoint>)], w: f64, h: f64) -
         y0 = y0.min(p.value);
         y1 = y1.max(p.value);
     }
-    if x1 <= x0 {
+    if x1 < x0 {
+        // No finite point: an empty unit frame.
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    } else if x1 == x0 {
         x1 = x0 + 1.0;
     }
+    // The value axis is laid out on halves: the difference of two halves never overflows, even
+    // for values near +-1e308 (where `y1 - y0` is infinite and every coordinate NaN).
     let pad = if y1 > y0 {
-        (y1 - y0) * 0.05
+        (y1 / 2.0 - y0 / 2.0) * 0.1
     } else {
         y0.abs().max(1.0) * 0.1
     };
-    let (y0, y1) = (y0 - pad, y1 + pad);
+    let (y0, y1) = ((y0 - pad).max(f64::MIN), (y1 + pad).min(f64::MAX));
     let x = |s: f64| ml + (s - x0) / (x1 - x0) * (w - ml - mr);
-    let y = |v: f64| mt + (1.0 - (v - y0) / (y1 - y0)) * (h - mt - mb);
+    let y = |v: f64| mt + (1.0 - (v / 2.0 - y0 / 2.0) / (y1 / 2.0 - y0 / 2.0)) * (h - mt - mb);
     let mut s = String::new();
     let _ = write!(
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif"><rect width="{w}" height="{h}" fill="#fff"/><text x="{ml}" y="24" font-size="16" font-weight="600" fill="#1d2330">{} by step</text>"##,
         escape(metric)
     );
-    for t in ticks(y0, y1, 6.0) {
+    for t in ticks(y0 / 2.0, y1 / 2.0, 6.0).into_iter().map(|t| t * 2.0) {
         let _ = write!(
             s,
             r##"<line x1="{ml}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#eceff3"/><text x="{}" y="{:.1}" text-anchor="end" font-size="11" fill="#6b7280">{}</text>"##,
@@ -261,6 +269,7 @@ fn render(metric: &str, series: &[(String, Vec<MetricPoint>)], w: f64, h: f64) -
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = points
             .iter()
+            .filter(|p| p.value.is_finite())
             .map(|p| format!("{:.1},{:.1}", x(p.step as f64), y(p.value)))
             .collect();
         let _ = write!(
@@ -333,6 +342,22 @@ mod tests {
         );
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("loss&lt;x&gt; by step") && svg.ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn extreme_and_non_finite_values_give_finite_coordinates() {
+        let point = |step, value| MetricPoint { step, value };
+        for points in [
+            vec![point(0, 1e308), point(1, -1e308), point(2, f64::MAX)],
+            vec![point(0, f64::NAN), point(1, f64::INFINITY), point(2, 3.0)],
+            vec![point(0, f64::NAN)],
+        ] {
+            let svg = render("x", &[("1".into(), points.clone())], 900.0, 500.0);
+            assert!(
+                !svg.contains("NaN") && !svg.contains("inf"),
+                "{points:?}: {svg}"
+            );
+        }
     }
 
     #[test]
