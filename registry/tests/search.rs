@@ -205,3 +205,78 @@ async fn search_grammar_cases() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn like_is_case_sensitive_with_the_same_escapes_on_both_backends() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let mut runs = Vec::new();
+        for name in ["abc", "Abc", "a%c", "a*c", "a[b]c"] {
+            runs.push(reg.create_run("e", name, &json!({})).await?);
+        }
+        let r = |i: usize| runs[i];
+        let like = |pattern: &'static str| {
+            let reg = reg.clone();
+            async move { ids(&reg, &format!("name LIKE '{pattern}'"), Some("id")).await }
+        };
+        assert_eq!(like("A%").await?, vec![r(1)]);
+        assert_eq!(like("a%").await?, vec![r(0), r(2), r(3), r(4)]);
+        assert_eq!(like("ABC").await?, Vec::<i64>::new());
+        assert_eq!(like("a_c").await?, vec![r(0), r(2), r(3)]);
+        // `\` takes the next character literally; GLOB's own wildcards mean themselves.
+        assert_eq!(like("a\\%c").await?, vec![r(2)]);
+        assert_eq!(like("a*c").await?, vec![r(3)]);
+        assert_eq!(like("a[b]%").await?, vec![r(4)]);
+        assert_eq!(
+            ids(&reg, "name NOT LIKE 'a%'", Some("id")).await?,
+            vec![r(1)]
+        );
+        let e = err_text(ids(&reg, "name LIKE 'a\\'", None).await);
+        assert!(e.contains("lone") && e.contains("column 11"), "{e}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filters_at_every_limit_run_on_both_backends() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let run = reg.create_run("e", "r", &json!({})).await?;
+        reg.log_params(run, &[("lr".into(), "0.1".into())]).await?;
+        let w = reg.metric_writer(run);
+        w.log("loss", 0, 1.0)?;
+        w.finish().await?;
+        let search = |filter: String, order: &'static str| {
+            let reg = reg.clone();
+            async move { ids(&reg, &filter, Some(order)).await }
+        };
+        let order8 = "metrics.loss, params.lr, tags.t, min(metrics.loss), max(metrics.loss), \
+                      name, status, id";
+        // 100 comparisons over the metric and param tables and the runs, ANDed and ORed.
+        let hundred = |pick: fn(usize) -> String| (0..100).map(pick).collect::<Vec<_>>();
+        let ands =
+            hundred(|i| ["metrics.loss < 2", "params.lr = '0.1'", "id > 0"][i % 3].to_string());
+        let ors = hundred(|i| match i {
+            99 => "name = 'r'".to_string(),
+            _ => ["metrics.loss > 5", "params.lr = 'x'", "tags.t IN ('x')"][i % 3].to_string(),
+        });
+        for order in ["id", order8] {
+            assert_eq!(search(ands.join(" AND "), order).await?, vec![run]);
+            assert_eq!(search(ors.join(" OR "), order).await?, vec![run]);
+        }
+        // 32 levels of parentheses.
+        let deep = format!("{}metrics.loss < 2{}", "(".repeat(32), ")".repeat(32));
+        assert_eq!(search(deep, order8).await?, vec![run]);
+        // An IN list of 1000 values (8 KB at most in all).
+        let list = (0..1000)
+            .map(|i| format!("'{i}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let filter = format!("params.lr NOT IN ({list})");
+        assert!(filter.len() <= 8192);
+        assert_eq!(search(filter, order8).await?, vec![run]);
+        Ok(())
+    })
+    .await;
+}

@@ -21,6 +21,8 @@
 //! Metrics compare as numbers (by default the last value; `min(...)`/`max(...)` over the whole
 //! history), params and tags as strings. A run without the named metric, param or tag does not
 //! match any comparison on it.
+#[cfg(test)]
+mod fuzz;
 pub mod lexer;
 mod parser;
 pub mod sql;

@@ -227,7 +227,18 @@ impl<'a> FieldParser<'a> {
                     format!("LIKE applies to params, tags and text attributes, not to {field}"),
                 ));
             }
+            let pattern_col = self.peek().col;
             let value = self.value(&field, "after LIKE")?;
+            if let Literal::Str(p) = &value {
+                let trailing = p.chars().rev().take_while(|&c| c == '\\').count();
+                if trailing % 2 == 1 {
+                    return Err(self.error_at(
+                        pattern_col,
+                        "the LIKE pattern ends with a lone '\\' (write '\\\\' for a backslash)"
+                            .into(),
+                    ));
+                }
+            }
             let op = if negated { Op::NotLike } else { Op::Like };
             return Ok(Expr::Cmp { field, op, value });
         }
@@ -457,6 +468,14 @@ mod tests {
         assert!(e.message.contains("compares with numbers"), "{}", e.message);
         let e = err("metrics.loss LIKE 'a%'");
         assert_eq!(e.column, 14);
+    }
+
+    #[test]
+    fn a_like_pattern_cannot_end_in_a_lone_backslash() {
+        let e = err(r"name LIKE 'a\' OR id = 1");
+        assert_eq!(e.column, 11);
+        assert!(e.message.contains("lone"), "{}", e.message);
+        assert!(parse_filter(r"name LIKE 'a\\'").is_ok());
     }
 
     #[test]

@@ -2,7 +2,13 @@
 //! names, operators and `$N` placeholders; every constant and every metric, param or tag name
 //! from the user goes into [`SqlParams`] and is bound. Metric, param and tag comparisons are
 //! `EXISTS` subqueries, which both planners turn into (semi-)joins on the indexed tables.
-use super::{Agg, Attr, Expr, Field, Literal, OrderTerm};
+//!
+//! `LIKE` is case-sensitive on both backends, with `%` (any run of characters), `_` (one
+//! character) and `\` (takes the next character literally). Postgres's `LIKE` reads patterns
+//! so; SQLite's folds ASCII case, so there the pattern is translated to a `GLOB` pattern, which
+//! is case-sensitive.
+use super::{Agg, Attr, Expr, Field, Literal, Op, OrderTerm};
+use crate::db::Dialect;
 
 /// A bound value.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,11 +97,28 @@ fn on_field(
     format!("EXISTS (SELECT 1 FROM {table} x WHERE x.run_id = r.id AND x.key = {key} AND {cond})")
 }
 
-/// The WHERE condition for a filter.
-pub fn where_sql(expr: &Expr, params: &mut SqlParams) -> String {
+/// The WHERE condition for a filter, in `dialect`.
+pub fn where_sql(expr: &Expr, params: &mut SqlParams, dialect: Dialect) -> String {
     match expr {
-        Expr::And(a, b) => format!("({} AND {})", where_sql(a, params), where_sql(b, params)),
-        Expr::Or(a, b) => format!("({} OR {})", where_sql(a, params), where_sql(b, params)),
+        Expr::And(a, b) => format!(
+            "({} AND {})",
+            where_sql(a, params, dialect),
+            where_sql(b, params, dialect)
+        ),
+        Expr::Or(a, b) => format!(
+            "({} OR {})",
+            where_sql(a, params, dialect),
+            where_sql(b, params, dialect)
+        ),
+        Expr::Cmp {
+            field,
+            op: op @ (Op::Like | Op::NotLike),
+            value: Literal::Str(pattern),
+        } if dialect == Dialect::Sqlite => on_field(field, params, |col, params| {
+            let v = params.push(Param::Text(like_to_glob(pattern)));
+            let not = if *op == Op::NotLike { "NOT " } else { "" };
+            format!("{col} {not}GLOB {v}")
+        }),
         Expr::Cmp { field, op, value } => on_field(field, params, |col, params| {
             let v = params.literal(field, value);
             format!("{col} {} {v}", op.sql())
@@ -110,6 +133,32 @@ pub fn where_sql(expr: &Expr, params: &mut SqlParams) -> String {
             format!("{col} {not}IN ({})", list.join(", "))
         }),
     }
+}
+
+/// A `LIKE` pattern (`%`, `_`, `\` escapes) as the `GLOB` pattern that matches the same text:
+/// `*`, `?` and `[` stand for themselves inside brackets. The parser refuses a pattern that ends
+/// in a lone `\`, as Postgres does.
+fn like_to_glob(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut escaped = false;
+    for c in pattern.chars() {
+        match (escaped, c) {
+            (false, '\\') => escaped = true,
+            (false, '%') => out.push('*'),
+            (false, '_') => out.push('?'),
+            (_, '*' | '?' | '[') => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+                escaped = false;
+            }
+            _ => {
+                out.push(c);
+                escaped = false;
+            }
+        }
+    }
+    out
 }
 
 /// What ordering adds to the query: joins, selected columns `oN`, and the ORDER BY list.
@@ -226,7 +275,11 @@ mod tests {
     fn user_text_is_only_bound() {
         let input = "params.`x'; DROP TABLE runs; --` = 'a''; DELETE FROM runs' OR name LIKE '%\"'";
         let mut params = SqlParams::default();
-        let sql = where_sql(&parse_filter(input).unwrap(), &mut params);
+        let sql = where_sql(
+            &parse_filter(input).unwrap(),
+            &mut params,
+            Dialect::Postgres,
+        );
         assert!(
             !sql.contains("DROP") && !sql.contains("DELETE") && !sql.contains('\''),
             "{sql}"
@@ -247,6 +300,7 @@ mod tests {
         let sql = where_sql(
             &parse_filter("min(metrics.loss) < 2 OR params.lr IN ('0.5', '0.1')").unwrap(),
             &mut params,
+            Dialect::Postgres,
         );
         assert_eq!(
             sql,
@@ -262,9 +316,28 @@ mod tests {
         let sql = where_sql(
             &parse_filter("id >= 3 AND start_time < 1.5").unwrap(),
             &mut params,
+            Dialect::Sqlite,
         );
         assert_eq!(sql, "(r.id >= $1 AND r.start_time < $2)");
         assert_eq!(params.values, vec![Param::Int(3), Param::Float(1.5)]);
+    }
+
+    #[test]
+    fn like_is_glob_on_sqlite() {
+        assert_eq!(like_to_glob("a%b_c"), "a*b?c");
+        assert_eq!(like_to_glob("*?[x]"), "[*][?][[]x]");
+        assert_eq!(like_to_glob(r"100\%\_\\\x"), r"100%_\x");
+        let mut params = SqlParams::default();
+        let sql = where_sql(
+            &parse_filter("name NOT LIKE 'A%' AND tags.t LIKE '_'").unwrap(),
+            &mut params,
+            Dialect::Sqlite,
+        );
+        assert_eq!(
+            sql,
+            "(r.name NOT GLOB $1 AND EXISTS (SELECT 1 FROM tags x WHERE x.run_id = r.id AND x.key = $2 AND x.value GLOB $3))"
+        );
+        assert_eq!(params.values[0], Param::Text("A*".into()));
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Registry {
         let order = order_sql(&terms, &mut params);
         let mut conditions = Vec::new();
         if let Some(expr) = &filter {
-            conditions.push(where_sql(expr, &mut params));
+            conditions.push(where_sql(expr, &mut params, self.db.dialect()));
         }
         if let Some(experiment) = &search.experiment {
             let exists = self
