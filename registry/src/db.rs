@@ -4,13 +4,15 @@
 //! Where the dialects differ (locking, array binds, `GREATEST`), callers branch on [`Dialect`].
 use anyhow::{Context, Result};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Postgres, Row as _, Sqlite, Transaction};
+use sqlx::{
+    ConnectOptions as _, Connection as _, Executor as _, Postgres, Row as _, Sqlite, Transaction,
+};
 use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
@@ -66,49 +68,20 @@ impl<T> Decode for T where
 {
 }
 
+/// How long one registry statement may run on Postgres before the server cancels it, unless the
+/// caller sets another bound ([`crate::Registry::connect_with`]).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long opening the first Postgres connection may take (an address that drops packets).
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Db {
     /// Connects to `postgres://...` or `sqlite://PATH` and runs the migrations of that dialect.
-    pub async fn connect(url: &str) -> Result<Db> {
+    /// On Postgres every statement of the pool is bounded by `statement_timeout`.
+    pub async fn connect(url: &str, statement_timeout: Duration) -> Result<Db> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect(url)
-                .await
-                .with_context(|| format!("cannot connect to the registry at {}", redact(url)))?;
-            migrator(Dialect::Postgres)
-                .run(&pool)
-                .await
-                .with_context(|| format!("migrating the registry at {}", redact(url)))?;
-            Ok(Db::Pg(pool))
+            Ok(Db::Pg(connect_pg(url, statement_timeout).await?))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = Path::new(path);
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!(
-                        "cannot create the folder {} for registry {url}",
-                        dir.display()
-                    )
-                })?;
-            }
-            let options = SqliteConnectOptions::from_str(url)
-                .with_context(|| format!("invalid registry URL {url}"))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
-                .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options)
-                .await
-                .with_context(|| format!("cannot open the registry at {url}"))?;
-            migrator(Dialect::Sqlite)
-                .run(&pool)
-                .await
-                .with_context(|| format!("migrating the registry at {url}"))?;
-            Ok(Db::Sqlite(pool))
+            Ok(Db::Sqlite(connect_sqlite(url, Path::new(path)).await?))
         } else {
             anyhow::bail!(
                 "unsupported registry URL {url:?}: expected sqlite://PATH or postgres://USER@HOST/DB"
@@ -140,6 +113,15 @@ impl Db {
         }
     }
 
+    /// The database's clock in milliseconds since the epoch (see [`clock_sql`]).
+    pub async fn clock_ms(&self) -> Result<i64> {
+        let sql = clock_sql(self.dialect());
+        clock_of(match self {
+            Db::Pg(p) => sqlx::query(sql).fetch_one(p).await.map(Row::Pg),
+            Db::Sqlite(p) => sqlx::query(sql).fetch_one(p).await.map(Row::Sqlite),
+        })
+    }
+
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`) so
     /// that a transaction which reads before it writes cannot fail on a lock upgrade.
     pub async fn begin(&self) -> Result<Tx> {
@@ -152,6 +134,85 @@ impl Db {
             ),
         })
     }
+}
+
+/// Opens the Postgres pool. The migrations run first on a connection of their own, without the
+/// statement bound (an index build on a large registry may take longer); that connection also
+/// reports a wrong address at once ("connection refused"), where a pool would retry until its
+/// acquire timeout. Each pooled connection then runs `SET statement_timeout` (a statement rather
+/// than a startup parameter, which poolers such as PgBouncer refuse).
+async fn connect_pg(url: &str, statement_timeout: Duration) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("invalid registry URL {}", redact(url)))?;
+    let place = format!(
+        "the registry's Postgres at {}:{} ({})",
+        options.get_host(),
+        options.get_port(),
+        redact(url)
+    );
+    let mut conn = tokio::time::timeout(PG_CONNECT_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot connect to {place}: no answer within {} s; check the host, port and firewall",
+                PG_CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .with_context(|| {
+            format!("cannot connect to {place}; check that the server runs and the URL is right")
+        })?;
+    migrator(Dialect::Postgres)
+        .run_direct(&mut conn)
+        .await
+        .with_context(|| format!("migrating {place}"))?;
+    conn.close().await.ok();
+    let set_timeout = format!("SET statement_timeout = {}", statement_timeout.as_millis());
+    Ok(PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _| {
+            let set_timeout = set_timeout.clone();
+            Box::pin(async move { conn.execute(set_timeout.as_str()).await.map(|_| ()) })
+        })
+        .connect_lazy_with(options))
+}
+
+/// Opens the SQLite pool (the file and its folder are created) and migrates it inside one
+/// `BEGIN IMMEDIATE` transaction: that takes the write lock before the migrator reads which
+/// migrations ran, so processes that open a fresh file at once migrate it one after the other
+/// (the others wait up to the busy timeout, then find it done).
+async fn connect_sqlite(url: &str, path: &Path) -> Result<SqlitePool> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the folder {} for registry {url}",
+                dir.display()
+            )
+        })?;
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .with_context(|| format!("invalid registry URL {url}"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the registry at {url}"))?;
+    let migrate = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        migrator(Dialect::Sqlite).run_direct(&mut *tx).await?;
+        tx.commit().await?;
+        anyhow::Ok(())
+    };
+    migrate
+        .await
+        .with_context(|| format!("migrating the registry at {url}"))?;
+    Ok(pool)
 }
 
 /// The migrations of each dialect, embedded at build time: (version, description, SQL). Keep in
@@ -172,6 +233,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "summary order indexes",
         include_str!("../../migrations/postgres/0003_summary_order_indexes.sql"),
+    ),
+    (
+        4,
+        "schedule time zone",
+        include_str!("../../migrations/postgres/0004_schedule_time_zone.sql"),
     ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -194,6 +260,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "summary order indexes",
         include_str!("../../migrations/sqlite/0004_summary_order_indexes.sql"),
+    ),
+    (
+        5,
+        "schedule time zone",
+        include_str!("../../migrations/sqlite/0005_schedule_time_zone.sql"),
     ),
 ];
 
@@ -218,6 +289,24 @@ fn migrator(dialect: Dialect) -> Migrator {
         ),
         ..Migrator::DEFAULT
     }
+}
+
+/// The statement that reads the database's clock in milliseconds since the epoch, as `now`.
+/// Leases, job claims and schedules are judged by it rather than by each worker's own clock, so
+/// that workers whose clocks disagree still agree on when a lease runs out. (SQLite is embedded:
+/// its clock is the host's.)
+fn clock_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => {
+            "SELECT FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS now"
+        }
+        Dialect::Sqlite => "SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER) AS now",
+    }
+}
+
+/// The `now` of a [`clock_sql`] row.
+fn clock_of(row: sqlx::Result<Row>) -> Result<i64> {
+    Ok(row.context("reading the registry's clock")?.get("now")?)
 }
 
 /// Hides the password of a Postgres URL in messages.
@@ -253,6 +342,15 @@ impl Tx {
             Tx::Pg(_) => Q::Pg(sqlx::query(sql)),
             Tx::Sqlite(_) => Q::Sqlite(sqlx::query(sql)),
         }
+    }
+
+    /// The database's clock in milliseconds since the epoch (see [`clock_sql`]).
+    pub async fn clock_ms(&mut self) -> Result<i64> {
+        let sql = clock_sql(self.dialect());
+        clock_of(match self {
+            Tx::Pg(t) => sqlx::query(sql).fetch_one(&mut **t).await.map(Row::Pg),
+            Tx::Sqlite(t) => sqlx::query(sql).fetch_one(&mut **t).await.map(Row::Sqlite),
+        })
     }
 
     pub async fn commit(self) -> Result<()> {

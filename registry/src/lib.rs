@@ -42,7 +42,10 @@ pub use tracking::{
     MetricPoint, MetricSummary, MetricWriter, MetricWriterOptions, Run, RunSearch, RunStatus,
 };
 
+pub use db::DEFAULT_STATEMENT_TIMEOUT;
+
 use anyhow::Result;
+use std::time::Duration;
 
 /// A handle on the registry. Cheap to clone: the connection pool is shared.
 #[derive(Clone, Debug)]
@@ -53,9 +56,17 @@ pub struct Registry {
 impl Registry {
     /// Opens `sqlite://PATH` (the file and its folder are created) or `postgres://...`, and
     /// brings the schema up to date.
+    /// On Postgres each statement may run [`DEFAULT_STATEMENT_TIMEOUT`] (30 s).
     pub async fn connect(url: &str) -> Result<Registry> {
+        Self::connect_with(url, DEFAULT_STATEMENT_TIMEOUT).await
+    }
+
+    /// As [`Registry::connect`], with another bound on each Postgres statement: the server cancels
+    /// one that runs longer ("canceling statement due to statement timeout"). SQLite has no such
+    /// bound; a statement there waits at most 30 s for another writer's lock (its busy timeout).
+    pub async fn connect_with(url: &str, statement_timeout: Duration) -> Result<Registry> {
         Ok(Registry {
-            db: db::Db::connect(url).await?,
+            db: db::Db::connect(url, statement_timeout).await?,
         })
     }
 

@@ -60,6 +60,7 @@ pub async fn drop_pg_database(name: &str) {
 }
 
 /// Runs `body` on SQLite, then on Postgres; fails with the backend's name if either fails.
+#[allow(dead_code)]
 pub async fn on_both<F, Fut>(body: F)
 where
     F: Fn(Env) -> Fut,
