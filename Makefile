@@ -33,9 +33,10 @@ export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
-# The dashboard tests drive headless Chromium.
+# The dashboard tests drive headless Chromium; the registry's clock test runs a worker under
+# faketime (a skewed clock).
 BUILD_PKGS := cmake nasm
-TEST_PKGS := chromium chromedriver
+TEST_PKGS := chromium chromedriver faketime
 sysdeps:
 	@$(MAKE) -s install-missing CMDS="$(BUILD_PKGS)"
 	@# A font for the labels of `albef runs plot --out FILE.png` (drawn without text when missing).

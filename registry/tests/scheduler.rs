@@ -20,7 +20,7 @@ async fn concurrent_workers_never_share_a_job() {
         let mut queued = HashSet::new();
         for i in 0..24 {
             let name = format!("s{i}");
-            reg.add_schedule(&name, "0 * * * *", &json!({"i": i}))
+            reg.add_schedule(&name, "0 * * * *", "UTC", &json!({"i": i}))
                 .await?;
             queued.insert(reg.trigger_schedule(&name, 3).await?.expect("a new job"));
         }
@@ -60,7 +60,7 @@ async fn concurrent_workers_never_share_a_job() {
 async fn an_expired_lease_is_taken_over_and_the_history_shows_it() {
     on_both(|env| async move {
         let reg = env.reg;
-        reg.add_schedule("nightly", "@daily", &json!({"args": []}))
+        reg.add_schedule("nightly", "@daily", "UTC", &json!({"args": []}))
             .await?;
         let job = reg.trigger_schedule("nightly", 3).await?.unwrap();
         let a = reg
@@ -109,7 +109,9 @@ async fn an_expired_lease_is_taken_over_and_the_history_shows_it() {
 async fn one_active_job_per_schedule_and_one_catch_up_run() {
     on_both(|env| async move {
         let reg = env.reg;
-        let s = reg.add_schedule("hourly", "0 * * * *", &json!({})).await?;
+        let s = reg
+            .add_schedule("hourly", "0 * * * *", "UTC", &json!({}))
+            .await?;
         let first = s.next_run_at.unwrap();
         assert!(first > now_ms() && first % 3_600_000 == 0);
         assert!(
@@ -157,14 +159,18 @@ async fn one_active_job_per_schedule_and_one_catch_up_run() {
 async fn failures_retry_with_backoff_until_max_attempts() {
     on_both(|env| async move {
         let reg = env.reg;
-        reg.add_schedule("flaky", "@hourly", &json!({})).await?;
-        assert!(
-            err_text(reg.add_schedule("flaky", "@hourly", &json!({})).await)
-                .contains("already exists")
-        );
-        assert!(
-            err_text(reg.add_schedule("bad", "61 * * * *", &json!({})).await).contains("minute")
-        );
+        reg.add_schedule("flaky", "@hourly", "UTC", &json!({}))
+            .await?;
+        assert!(err_text(
+            reg.add_schedule("flaky", "@hourly", "UTC", &json!({}))
+                .await
+        )
+        .contains("already exists"));
+        assert!(err_text(
+            reg.add_schedule("bad", "61 * * * *", "UTC", &json!({}))
+                .await
+        )
+        .contains("minute"));
         let job = reg.trigger_schedule("flaky", 2).await?.unwrap();
         let base = Duration::from_millis(600);
         let c = reg.claim_job("w", LONG).await?.unwrap();
@@ -287,6 +293,30 @@ async fn the_dataset_lock_keeps_a_second_writer_out() {
         assert!(refused.contains(&alive), "{refused}");
         took.release().await?;
         assert!(!stop.load(std::sync::atomic::Ordering::SeqCst));
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schedules_keep_their_time_zone() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let s = reg
+            .add_schedule("berlin", "0 3 * * *", "Europe/Berlin", &json!({}))
+            .await?;
+        assert_eq!(s.tz, "Europe/Berlin");
+        // 03:00 in Berlin is 01:00 or 02:00 UTC (summer or winter time).
+        let hour_utc = s.next_run_at.unwrap() / 3_600_000 % 24;
+        assert!(hour_utc == 1 || hour_utc == 2, "{hour_utc}");
+        assert_eq!(
+            reg.add_schedule("utc", "@daily", "UTC", &json!({}))
+                .await?
+                .tz,
+            "UTC"
+        );
+        let e = err_text(reg.add_schedule("x", "@daily", "Berlin", &json!({})).await);
+        assert!(e.contains("unknown time zone \"Berlin\""), "{e}");
         Ok(())
     })
     .await;

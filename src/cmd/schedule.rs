@@ -22,7 +22,7 @@ pub struct ScheduleArgs {
 
 #[derive(Subcommand)]
 enum ScheduleCommand {
-    /// Add a schedule: a cron expression (UTC) and the `albef ingest` flags of its jobs
+    /// Add a schedule: a cron expression, its time zone and the `albef ingest` flags of its jobs
     Add(AddArgs),
     /// List schedules: cron, next due time, last run and the status of the latest job
     List {
@@ -58,10 +58,16 @@ enum ScheduleCommand {
 struct AddArgs {
     /// The schedule's name
     name: String,
-    /// When it runs, in UTC: "MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK" (e.g. "0 3 * * *"), or
-    /// @hourly, @daily, @weekly, @monthly, @yearly
+    /// When it runs, in --tz: "MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK" (e.g. "0 3 * * *"), or
+    /// @hourly, @daily, @weekly, @monthly, @yearly. Also L (last day; 5#L: last Friday), 15W
+    /// (weekday nearest the 15th), mon#2 (second Monday). When both day fields are set, either
+    /// matches; "+mon" in the day of week requires both
     #[arg(long)]
     cron: String,
+    /// The IANA time zone the cron expression is read in (e.g. Europe/Berlin); across daylight
+    /// saving changes a skipped time runs after the gap and a repeated time runs once
+    #[arg(long, default_value = "UTC")]
+    tz: String,
     /// Output format of the added schedule
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -111,7 +117,7 @@ impl ScheduleArgs {
             ScheduleCommand::Add(a) => {
                 parse_ingest_flags(&a.ingest)?;
                 let s = reg
-                    .add_schedule(&a.name, &a.cron, &json!({ "ingest_args": a.ingest }))
+                    .add_schedule(&a.name, &a.cron, &a.tz, &json!({ "ingest_args": a.ingest }))
                     .await?;
                 schedules_table(&[s]).print(a.format)
             }
@@ -171,13 +177,14 @@ impl ScheduleArgs {
 
 fn schedules_table(list: &[albef_registry::jobs::Schedule]) -> Table {
     let mut t = Table::new([
-        "name", "cron", "next_run", "last_run", "status", "jobs", "enabled", "ingest",
+        "name", "cron", "tz", "next_run", "last_run", "status", "jobs", "enabled", "ingest",
     ]);
     for s in list {
         let flags = job_flags(&s.config).map_or_else(|_| s.config.to_string(), |f| f.join(" "));
         t.push(vec![
             json!(s.name),
             json!(s.cron),
+            json!(s.tz),
             time(s.next_run_at),
             time(s.last_run_at),
             json!(s.last_status),

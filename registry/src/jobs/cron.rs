@@ -1,199 +1,65 @@
-//! Cron expressions for ingestion schedules: the classic five fields (minute, hour, day of
-//! month, month, day of week), evaluated in UTC, with `*`, lists, ranges, steps, month and day
-//! names and the `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly` shorthands. Small enough to
-//! read, so the registry does not pull in a date-time crate for one function.
+//! Cron expressions of ingestion schedules, parsed and evaluated by the `croner` crate in the
+//! schedule's IANA time zone (default UTC). Five fields (minute, hour, day of month, month, day
+//! of week) with `*`, lists, ranges, steps, month and day names, `L` (last day of the month, or
+//! with `#` the last such weekday), `W` (the weekday nearest a day of the month), `#` (the Nth
+//! weekday of the month) and the `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly` shorthands.
+//!
+//! Days: when both day fields are restricted (anything but a bare `*`, so `*/2` is restricted),
+//! a day matches if EITHER matches; a `+` before the day of week (`0 0 */2 * +mon`) requires
+//! both. Daylight saving time: a time that a spring-forward gap skips runs at the first instant
+//! after the gap; a time that a fall-back repeats runs once, at the first of the two instants.
 use anyhow::{bail, Context, Result};
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
 
-/// A parsed cron expression. When both day fields are restricted, a day matches either (as in
-/// Vixie cron); otherwise both must match.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed cron expression and the time zone its fields are read in.
+#[derive(Clone, Debug)]
 pub struct Cron {
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    days_any: bool,
-    weekdays_any: bool,
+    cron: croner::Cron,
+    tz: Tz,
 }
 
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-const MINUTE_MS: i64 = 60_000;
-/// How far ahead `next_after` searches before it calls an expression unsatisfiable (Feb 30th).
-const SEARCH_DAYS: i64 = 366 * 5;
-
 impl Cron {
-    /// Parses `expr`; the error names the expression and the field at fault.
-    pub fn parse(expr: &str) -> Result<Cron> {
-        let expanded = match expr.trim() {
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            "@monthly" => "0 0 1 * *",
-            "@weekly" => "0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@hourly" => "0 * * * *",
-            other => other,
-        };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        if fields.len() != 5 {
-            bail!(
-                "cron expression {expr:?} has {} fields; expected 5: minute hour day-of-month month day-of-week",
-                fields.len()
-            );
-        }
-        let field = |i: usize, name: &str, lo: u32, hi: u32, names: &[&str]| {
-            parse_field(fields[i], lo, hi, names).with_context(|| {
-                format!("cron expression {expr:?}: bad {name} field {:?}", fields[i])
-            })
-        };
-        let mut weekdays = field(4, "day-of-week", 0, 7, &WEEKDAYS)?;
-        if weekdays & (1 << 7) != 0 {
-            weekdays |= 1; // 7 is Sunday too
-        }
-        let cron = Cron {
-            minutes: field(0, "minute", 0, 59, &[])?,
-            hours: field(1, "hour", 0, 23, &[])?,
-            days: field(2, "day-of-month", 1, 31, &[])?,
-            months: field(3, "month", 1, 12, &MONTHS)?,
-            weekdays,
-            days_any: fields[2] == "*",
-            weekdays_any: fields[4] == "*",
-        };
+    /// Parses `expr` in time zone `tz` (an IANA name such as `UTC` or `Europe/Berlin`); the error
+    /// names the expression or the zone at fault.
+    pub fn parse(expr: &str, tz: &str) -> Result<Cron> {
+        let zone: Tz = tz.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "unknown time zone {tz:?}: expected an IANA name such as UTC or Europe/Berlin"
+            )
+        })?;
+        let parser = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser.parse(expr).with_context(|| {
+            format!(
+                "cron expression {expr:?} is not valid; expected 5 fields: minute hour \
+                 day-of-month month day-of-week (or @hourly, @daily, ...)"
+            )
+        })?;
+        let cron = Cron { cron, tz: zone };
         if cron.next_after(0).is_none() {
             bail!("cron expression {expr:?} never fires (no such day)");
         }
         Ok(cron)
     }
 
-    /// The first firing time strictly after `after_ms` (milliseconds since the epoch, UTC), on a
-    /// whole minute; `None` when there is none within five years.
+    /// The first firing time strictly after `after_ms` (milliseconds since the epoch), on a whole
+    /// minute; `None` when croner finds none.
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
-        let mut minute = after_ms.div_euclid(MINUTE_MS) + 1;
-        let limit = minute + SEARCH_DAYS * 1440;
-        while minute < limit {
-            let day = minute.div_euclid(1440);
-            let in_day = minute.rem_euclid(1440);
-            let (y, m, d) = civil_from_days(day);
-            if !bit(self.months, m) {
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                minute = days_from_civil(ny, nm, 1) * 1440;
-            } else if !self.day_matches(d, weekday(day)) {
-                minute = (day + 1) * 1440;
-            } else if !bit(self.hours, (in_day / 60) as u32) {
-                minute = day * 1440 + (in_day / 60 + 1) * 60;
-            } else if !bit(self.minutes, (in_day % 60) as u32) {
-                minute += 1;
-            } else {
-                return Some(minute * MINUTE_MS);
-            }
-        }
-        None
-    }
-
-    fn day_matches(&self, day_of_month: u32, weekday: u32) -> bool {
-        let dom = bit(self.days, day_of_month);
-        let dow = bit(self.weekdays, weekday);
-        match (self.days_any, self.weekdays_any) {
-            (false, false) => dom || dow,
-            _ => dom && dow,
-        }
+        let start = self.tz.timestamp_millis_opt(after_ms).single()?;
+        let next = self.cron.find_next_occurrence(&start, false).ok()?;
+        Some(next.timestamp_millis())
     }
 }
 
 /// A registry time (milliseconds since the epoch) as `YYYY-MM-DD HH:MM:SSZ`, for listings.
 pub fn format_utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
-}
-
-fn bit(set: u64, i: u32) -> bool {
-    set & (1 << i) != 0
-}
-
-/// One field: a comma list of `*`, `N`, `A-B`, each optionally `/STEP`; names allowed.
-fn parse_field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64> {
-    let value = |s: &str| -> Result<u32> {
-        let lower = s.to_ascii_lowercase();
-        let v = match names.iter().position(|n| *n == lower) {
-            Some(i) => i as u32 + if names.len() == 12 { 1 } else { 0 },
-            None => s
-                .parse::<u32>()
-                .with_context(|| format!("{s:?} is not a number"))?,
-        };
-        if v < lo || v > hi {
-            bail!("{v} is outside {lo}-{hi}");
-        }
-        Ok(v)
-    };
-    let mut set = 0u64;
-    for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => {
-                let step: u32 = s
-                    .parse()
-                    .with_context(|| format!("step {s:?} is not a number"))?;
-                if step == 0 {
-                    bail!("step 0");
-                }
-                (r, step)
-            }
-            None => (part, 1),
-        };
-        let (a, b) = if range == "*" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (value(a)?, value(b)?)
-        } else {
-            let a = value(range)?;
-            // `N/STEP` runs from N to the end of the range.
-            (a, if step > 1 { hi } else { a })
-        };
-        if a > b {
-            bail!("range {a}-{b} is backwards");
-        }
-        for v in (a..=b).step_by(step as usize) {
-            set |= 1 << v;
-        }
-    }
-    Ok(set)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number: (year, month 1-12, day 1-31).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// 0 = Sunday; 1970-01-01 was a Thursday.
-fn weekday(day: i64) -> u32 {
-    (day + 4).rem_euclid(7) as u32
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 #[cfg(test)]
@@ -201,22 +67,18 @@ mod tests {
     use super::*;
 
     /// Milliseconds of a UTC date and time.
-    fn at(y: i64, mo: u32, d: u32, h: i64, mi: i64) -> i64 {
-        (days_from_civil(y, mo, d) * 1440 + h * 60 + mi) * MINUTE_MS
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    fn next_in(expr: &str, tz: &str, from: i64) -> i64 {
+        Cron::parse(expr, tz).unwrap().next_after(from).unwrap()
     }
 
     fn next(expr: &str, from: i64) -> i64 {
-        Cron::parse(expr).unwrap().next_after(from).unwrap()
-    }
-
-    #[test]
-    fn calendar_round_trips() {
-        for day in [-800_000, -1, 0, 59, 365, 11_016, 19_782, 2_000_000] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
-        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
-        assert_eq!(weekday(days_from_civil(2026, 11, 27)), 5); // a Friday
+        next_in(expr, "UTC", from)
     }
 
     #[test]
@@ -246,45 +108,95 @@ mod tests {
         assert_eq!(next("5,35 9-17 * * *", t), at(2026, 11, 28, 9, 5));
         assert_eq!(next("0 3 * * mon-fri", t), at(2026, 11, 30, 3, 0)); // Sat+Sun skipped
         assert_eq!(next("30 2 1 jan *", t), at(2027, 1, 1, 2, 30));
-        assert_eq!(next("10/20 * * * *", t), at(2026, 11, 27, 21, 50));
         assert_eq!(next("@daily", t), at(2026, 11, 28, 0, 0));
         assert_eq!(next("@hourly", t), at(2026, 11, 27, 22, 0));
         assert_eq!(next("0 0 * * 7", t), at(2026, 11, 29, 0, 0)); // 7 is Sunday
-    }
-
-    #[test]
-    fn leap_days_and_either_day_field() {
         assert_eq!(
             next("0 0 29 2 *", at(2026, 1, 1, 0, 0)),
             at(2028, 2, 29, 0, 0)
         );
-        // Day of month 13 OR a Friday: the 27th of Nov 2026 is a Friday.
+    }
+
+    #[test]
+    fn a_restricted_day_of_month_and_a_day_of_week_match_either_unless_plus() {
+        // 2026-11: the 2nd is a Monday. `*/2` is restricted: odd days OR Mondays.
+        let t = at(2026, 11, 1, 12, 0); // a Sunday
+        assert_eq!(next("0 0 */2 * mon", t), at(2026, 11, 2, 0, 0)); // Monday the 2nd
+                                                                     // Then the 3rd, an odd day.
         assert_eq!(
-            next("0 12 13 * fri", at(2026, 11, 20, 0, 0)),
-            at(2026, 11, 20, 12, 0)
+            next("0 0 */2 * mon", at(2026, 11, 2, 12, 0)),
+            at(2026, 11, 3, 0, 0)
         );
+        // `+`: odd days that are Mondays: the 9th.
+        assert_eq!(next("0 0 */2 * +mon", t), at(2026, 11, 9, 0, 0));
+        // A bare `*` leaves the other field alone: every Monday.
         assert_eq!(
-            next("0 12 13 * fri", at(2026, 11, 20, 13, 0)),
-            at(2026, 11, 27, 12, 0)
+            next("0 0 * * mon", at(2026, 11, 3, 0, 0)),
+            at(2026, 11, 9, 0, 0)
         );
     }
 
     #[test]
-    fn bad_expressions_are_refused_with_the_field_named() {
-        for (expr, needle) in [
-            ("* * * *", "4 fields"),
-            ("60 * * * *", "minute"),
-            ("* 24 * * *", "hour"),
-            ("* * 0 * *", "day-of-month"),
-            ("* * * 13 *", "month"),
-            ("* * * * 8", "day-of-week"),
-            ("*/0 * * * *", "minute"),
-            ("5-1 * * * *", "minute"),
-            ("x * * * *", "minute"),
-            ("0 0 30 2 *", "never fires"),
+    fn last_nearest_weekday_and_nth_weekday() {
+        let t = at(2026, 2, 1, 0, 0);
+        assert_eq!(next("0 0 L * *", t), at(2026, 2, 28, 0, 0)); // last day of February
+        assert_eq!(next("0 0 * * 5#L", t), at(2026, 2, 27, 0, 0)); // last Friday
+        assert_eq!(next("0 0 * * mon#2", t), at(2026, 2, 9, 0, 0)); // second Monday
+                                                                    // 2026-02-15 is a Sunday: the nearest weekday is Monday the 16th.
+        assert_eq!(next("0 0 15W * *", t), at(2026, 2, 16, 0, 0));
+        // 2026-08-01 is a Saturday: 1W stays in the month, Monday the 3rd.
+        assert_eq!(
+            next("0 0 1W * *", at(2026, 7, 2, 0, 0)),
+            at(2026, 8, 3, 0, 0)
+        );
+    }
+
+    #[test]
+    fn daylight_saving_changes_in_berlin() {
+        let berlin = "Europe/Berlin";
+        // 2026-03-29: clocks go from 02:00 CET to 03:00 CEST; 02:30 does not exist, so the job runs
+        // at the first instant after the gap (03:00 CEST = 01:00 UTC), once.
+        let spring = at(2026, 3, 28, 12, 0);
+        let first = next_in("30 2 * * *", berlin, spring);
+        assert_eq!(first, at(2026, 3, 29, 1, 0));
+        assert_eq!(next_in("30 2 * * *", berlin, first), at(2026, 3, 30, 0, 30));
+        // 2026-10-25: 03:00 CEST goes back to 02:00 CET; 02:30 happens twice and the job runs at
+        // the first (CEST, 00:30 UTC), not again an hour later.
+        let autumn = at(2026, 10, 24, 12, 0);
+        let first = next_in("30 2 * * *", berlin, autumn);
+        assert_eq!(first, at(2026, 10, 25, 0, 30));
+        assert_eq!(
+            next_in("30 2 * * *", berlin, first),
+            at(2026, 10, 26, 1, 30)
+        );
+        // In winter 03:00 Berlin is 02:00 UTC.
+        assert_eq!(
+            next_in("0 3 * * *", berlin, at(2026, 12, 1, 0, 0)),
+            at(2026, 12, 1, 2, 0)
+        );
+    }
+
+    #[test]
+    fn bad_expressions_and_zones_are_refused_with_the_input_named() {
+        for (expr, tz, needle) in [
+            ("* * * *", "UTC", "\"* * * *\""),
+            ("* * * * * *", "UTC", "5 fields"),
+            ("60 * * * *", "UTC", "\"60 * * * *\""),
+            ("* 24 * * *", "UTC", "not valid"),
+            ("* * 0 * *", "UTC", "not valid"),
+            ("* * * 13 *", "UTC", "not valid"),
+            ("* * * * 8", "UTC", "not valid"),
+            ("*/0 * * * *", "UTC", "not valid"),
+            ("x * * * *", "UTC", "not valid"),
+            ("0 0 30 2 *", "UTC", "never fires"),
+            (
+                "0 0 * * *",
+                "Mars/Olympus",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
         ] {
-            let err = format!("{:#}", Cron::parse(expr).unwrap_err());
-            assert!(err.contains(needle), "{expr}: {err}");
+            let err = format!("{:#}", Cron::parse(expr, tz).unwrap_err());
+            assert!(err.contains(needle), "{expr} {tz}: {err}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! through the registry. A worker claims a unit for a while, renews the lease while it works,
 //! and completes it; a unit whose lease ran out can be claimed by another worker. Owners are
 //! named `HOST:PID[:...]` ([`process_owner`]), so that a process can tell a dead local holder.
-use crate::{host_name, now_ms, Registry};
+use crate::{host_name, Registry};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Duration;
@@ -21,8 +21,9 @@ pub struct UnitLease {
 }
 
 impl Registry {
-    /// Claims `unit` of `scope` for `owner` until now + `lease`. Succeeds when the unit is new,
-    /// its lease has expired, or `owner` already holds it; never when it is done.
+    /// Claims `unit` of `scope` for `owner` until now + `lease` (now by the database's clock, as
+    /// for every lease). Succeeds when the unit is new, its lease has expired, or `owner` already
+    /// holds it; never when it is done.
     pub async fn try_claim_unit(
         &self,
         scope: &str,
@@ -30,7 +31,7 @@ impl Registry {
         owner: &str,
         lease: Duration,
     ) -> Result<bool> {
-        let now = now_ms();
+        let now = self.db.clock_ms().await?;
         let changed = self
             .db
             .q("INSERT INTO work_leases (scope, unit, owner, lease_until, attempts, done) \
@@ -57,7 +58,7 @@ impl Registry {
         owner: &str,
         lease: Duration,
     ) -> Result<bool> {
-        let now = now_ms();
+        let now = self.db.clock_ms().await?;
         let changed = self
             .db
             .q("UPDATE work_leases SET lease_until = $4 \
@@ -90,7 +91,7 @@ impl Registry {
     /// Every unit of `scope` that has been claimed, with its holder and whether its lease has run
     /// out, in unit order.
     pub async fn unit_leases(&self, scope: &str) -> Result<Vec<UnitLease>> {
-        let now = now_ms();
+        let now = self.db.clock_ms().await?;
         let rows = self
             .db
             .q(
@@ -121,12 +122,13 @@ impl Registry {
         scope: &str,
         unit: &str,
     ) -> Result<Option<(String, i64)>> {
+        let now = self.db.clock_ms().await?;
         let row = self
             .db
             .q("SELECT owner, lease_until FROM work_leases WHERE scope = $1 AND unit = $2 AND lease_until >= $3")
             .bind(scope.to_string())
             .bind(unit.to_string())
-            .bind(now_ms())
+            .bind(now)
             .fetch_optional(&self.db)
             .await?;
         match row {
@@ -145,6 +147,7 @@ impl Registry {
         to: &str,
         lease: Duration,
     ) -> Result<bool> {
+        let now = self.db.clock_ms().await?;
         let changed = self
             .db
             .q(
@@ -155,7 +158,7 @@ impl Registry {
             .bind(unit.to_string())
             .bind(from.to_string())
             .bind(to.to_string())
-            .bind(now_ms() + lease.as_millis() as i64)
+            .bind(now + lease.as_millis() as i64)
             .execute(&self.db)
             .await?;
         Ok(changed == 1)

@@ -1,7 +1,8 @@
-//! Jobs: ingestion schedules (cron expressions evaluated in UTC), the job queue that workers claim
-//! with leases and heartbeats, the record of every attempt with its [`JobStatus`] and
-//! [`JobRunStatus`], and work leases on units of work (chunks of a URL list, the dataset lock of
-//! [`crate::datasets`]) shared by workers on several machines.
+//! Jobs: ingestion schedules (cron expressions evaluated in each schedule's time zone), the job
+//! queue that workers claim with leases and heartbeats, the record of every attempt with its
+//! [`JobStatus`] and [`JobRunStatus`], and work leases on units of work (chunks of a URL list,
+//! the dataset lock of [`crate::datasets`]) shared by workers on several machines. Every lease
+//! and due time is judged by the database's clock.
 mod cron;
 mod leases;
 mod queue;

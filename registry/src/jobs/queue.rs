@@ -6,11 +6,13 @@
 //!   `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`; SQLite inside a
 //!   `BEGIN IMMEDIATE` transaction (one writer at a time). A takeover marks the dead attempt's
 //!   run LOST, naming the new owner, in the same transaction.
+//! - Times (due, lease ends, attempts' starts and ends) are read from the database's clock, so
+//!   that a worker whose clock is off can neither take over a live lease nor lose its own.
 //! - Failures ([`Registry::fail_job`]) requeue the job after an exponential backoff until
 //!   `max_attempts` attempts were made; then it is FAILED.
 use crate::db::{Dialect, Row, Tx};
 use crate::status::status_enum;
-use crate::{now_ms, Registry};
+use crate::Registry;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -134,9 +136,9 @@ impl Registry {
     /// Claims one claimable job for `owner` until now + `lease` (see the module doc), opening a
     /// new run row for the attempt; `None` when nothing is claimable.
     pub async fn claim_job(&self, owner: &str, lease: Duration) -> Result<Option<Claim>> {
-        let now = now_ms();
-        let until = now + lease.as_millis() as i64;
         let mut tx = self.db.begin().await?;
+        let now = tx.clock_ms().await?;
+        let until = now + lease.as_millis() as i64;
         let row = match tx.dialect() {
             Dialect::Postgres => tx
                 .q("UPDATE ingestion_jobs SET status = 'RUNNING', owner = $1, lease_until = $2, \
@@ -230,7 +232,7 @@ impl Registry {
     /// Extends the lease of a claimed job; false when another worker took it over (this one must
     /// stop). A lease that ran out but was not taken over yet is still renewed.
     pub async fn heartbeat(&self, claim: &Claim, lease: Duration) -> Result<bool> {
-        let now = now_ms();
+        let now = self.db.clock_ms().await?;
         let changed = self
             .db
             .q("UPDATE ingestion_jobs SET lease_until = $3 \
@@ -252,8 +254,8 @@ impl Registry {
         stats: &Value,
         dataset_version_id: Option<i64>,
     ) -> Result<bool> {
-        let now = now_ms();
         let mut tx = self.db.begin().await?;
+        let now = tx.clock_ms().await?;
         if !still_owned(&mut tx, claim).await? {
             return Ok(false);
         }
@@ -279,8 +281,8 @@ impl Registry {
     /// Records a failed attempt; the job is queued again after `backoff(base, attempt)` or, with
     /// no attempts left, FAILED.
     pub async fn fail_job(&self, claim: &Claim, error: &str, base: Duration) -> Result<Retry> {
-        let now = now_ms();
         let mut tx = self.db.begin().await?;
+        let now = tx.clock_ms().await?;
         if !still_owned(&mut tx, claim).await? {
             // Another worker holds it now; its outcome is theirs to record.
             return Ok(Retry::GaveUp);
@@ -315,8 +317,8 @@ impl Registry {
     /// Fails RUNNING jobs whose lease expired with no attempts left (nobody may claim them), and
     /// marks their last run LOST; returns how many.
     pub async fn fail_exhausted(&self) -> Result<u64> {
-        let now = now_ms();
         let mut tx = self.db.begin().await?;
+        let now = tx.clock_ms().await?;
         tx.q(
             "UPDATE ingestion_job_runs SET status = 'LOST', finished_at = $1, \
               error = 'lease expired and no attempts left' \

@@ -10,7 +10,7 @@
 use super::cron::Cron;
 use super::queue::JobStatus;
 use crate::db::Tx;
-use crate::{is_unique_violation, now_ms, Registry};
+use crate::{is_unique_violation, Registry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -22,6 +22,8 @@ pub struct Schedule {
     pub id: i64,
     pub name: String,
     pub cron: String,
+    /// The IANA time zone the cron expression is read in (`UTC` unless given).
+    pub tz: String,
     /// The job's parameters (for ingest: its command-line arguments).
     pub config: Value,
     pub enabled: bool,
@@ -35,18 +37,26 @@ pub struct Schedule {
 }
 
 impl Registry {
-    /// Adds schedule `name`, first due at the first tick of `cron` after now.
-    pub async fn add_schedule(&self, name: &str, cron: &str, config: &Value) -> Result<Schedule> {
+    /// Adds schedule `name`, first due at the first tick of `cron` (read in time zone `tz`, an
+    /// IANA name) after now by the database's clock.
+    pub async fn add_schedule(
+        &self,
+        name: &str,
+        cron: &str,
+        tz: &str,
+        config: &Value,
+    ) -> Result<Schedule> {
         if name.trim().is_empty() {
             bail!("a schedule needs a name");
         }
-        let parsed = Cron::parse(cron)?;
-        let now = now_ms();
+        let parsed = Cron::parse(cron, tz)?;
+        let now = self.db.clock_ms().await?;
         self.db
-            .q("INSERT INTO ingestion_schedules (name, cron, config, enabled, next_run_at, created_at) \
-                VALUES ($1, $2, $3, TRUE, $4, $5)")
+            .q("INSERT INTO ingestion_schedules (name, cron, tz, config, enabled, next_run_at, created_at) \
+                VALUES ($1, $2, $3, $4, TRUE, $5, $6)")
             .bind(name.to_string())
             .bind(cron.to_string())
+            .bind(tz.to_string())
             .bind(Json(config.clone()))
             .bind(parsed.next_after(now))
             .bind(now)
@@ -75,7 +85,7 @@ impl Registry {
     pub async fn schedules(&self) -> Result<Vec<Schedule>> {
         let rows = self
             .db
-            .q("SELECT s.id, s.name, s.cron, s.config, s.enabled, s.next_run_at, s.created_at, \
+            .q("SELECT s.id, s.name, s.cron, s.tz, s.config, s.enabled, s.next_run_at, s.created_at, \
                   (SELECT j.status FROM ingestion_jobs j WHERE j.schedule_id = s.id \
                      ORDER BY j.id DESC LIMIT 1) AS last_status, \
                   (SELECT MAX(r.finished_at) FROM ingestion_job_runs r \
@@ -91,6 +101,7 @@ impl Registry {
                     id: row.get("id")?,
                     name: row.get("name")?,
                     cron: row.get("cron")?,
+                    tz: row.get("tz")?,
                     config: row.get::<Json<Value>>("config")?.0,
                     enabled: row.get("enabled")?,
                     next_run_at: row.get("next_run_at")?,
@@ -139,18 +150,26 @@ impl Registry {
     pub async fn trigger_schedule(&self, name: &str, max_attempts: i64) -> Result<Option<i64>> {
         let s = self.schedule(name).await?;
         let mut tx = self.db.begin().await?;
-        let id = insert_job(&mut tx, s.id, &s.config, now_ms(), max_attempts).await?;
+        let id = insert_job(&mut tx, s.id, &s.config, max_attempts).await?;
         tx.commit().await?;
         Ok(id)
     }
 
-    /// The ticker: gives every enabled schedule that is due at `now` (the current time, except
-    /// in tests) one job, runnable at once (see the module doc for the catch-up policy), and
-    /// returns the new jobs' ids.
+    /// The ticker: [`Registry::enqueue_due`] at the database's current time, so that tickers
+    /// whose clocks disagree agree on what is due.
+    pub async fn enqueue_due_now(&self, max_attempts: i64) -> Result<Vec<i64>> {
+        let now = self.db.clock_ms().await?;
+        self.enqueue_due(now, max_attempts).await
+    }
+
+    /// Gives every enabled schedule that is due at `now` (milliseconds since the epoch: the
+    /// database's clock from [`Registry::enqueue_due_now`], or a chosen time in tests) one job,
+    /// runnable at once (see the module doc for the catch-up policy), and returns the new jobs'
+    /// ids.
     pub async fn enqueue_due(&self, now: i64, max_attempts: i64) -> Result<Vec<i64>> {
         let due = self
             .db
-            .q("SELECT id, cron, config FROM ingestion_schedules \
+            .q("SELECT id, cron, tz, config FROM ingestion_schedules \
                 WHERE enabled AND next_run_at IS NOT NULL AND next_run_at <= $1 ORDER BY id")
             .bind(now)
             .fetch_all(&self.db)
@@ -160,8 +179,9 @@ impl Registry {
         for row in due {
             let id: i64 = row.get("id")?;
             let cron: String = row.get("cron")?;
+            let tz: String = row.get("tz")?;
             let config = row.get::<Json<Value>>("config")?.0;
-            let next = Cron::parse(&cron)
+            let next = Cron::parse(&cron, &tz)
                 .with_context(|| format!("schedule {id}"))?
                 .next_after(now);
             let mut tx = self.db.begin().await?;
@@ -176,7 +196,7 @@ impl Registry {
             if !still_due {
                 continue;
             }
-            if let Some(job) = insert_job(&mut tx, id, &config, now_ms(), max_attempts).await? {
+            if let Some(job) = insert_job(&mut tx, id, &config, max_attempts).await? {
                 tx.q("UPDATE ingestion_schedules SET next_run_at = $2 WHERE id = $1")
                     .bind(id)
                     .bind(next)
@@ -190,13 +210,12 @@ impl Registry {
     }
 }
 
-/// Inserts a QUEUED job of schedule `schedule_id`; `None` when one is already queued or
-/// running (the unique partial index refuses it).
+/// Inserts a QUEUED job of schedule `schedule_id`, runnable at once by the database's clock;
+/// `None` when one is already queued or running (the unique partial index refuses it).
 async fn insert_job(
     tx: &mut Tx,
     schedule_id: i64,
     config: &Value,
-    run_at: i64,
     max_attempts: i64,
 ) -> Result<Option<i64>> {
     let active = tx
@@ -207,14 +226,15 @@ async fn insert_job(
     if active.is_some() {
         return Ok(None);
     }
+    let now = tx.clock_ms().await?;
     let row = tx
         .q("INSERT INTO ingestion_jobs (schedule_id, config, status, run_at, max_attempts, created_at) \
             VALUES ($1, $2, 'QUEUED', $3, $4, $5) RETURNING id")
         .bind(schedule_id)
         .bind(Json(config.clone()))
-        .bind(run_at)
+        .bind(now)
         .bind(max_attempts.max(1))
-        .bind(now_ms())
+        .bind(now)
         .fetch_one(&mut *tx)
         .await;
     match row {
