@@ -1,5 +1,7 @@
 //! Canonical URLs, the first dedupe layer: two spellings of one address (case of scheme and
 //! host, default port, fragment, order of query parameters, tracking parameters) fetch once.
+//! The canonical form is only a key: what is fetched is the URL as listed ([`listed`]), since
+//! signed links (CDN tokens, presigned object-store URLs) break when their query is rewritten.
 use anyhow::{bail, Context, Result};
 use url::Url;
 
@@ -25,8 +27,10 @@ fn is_tracking(name: &str) -> bool {
         )
 }
 
-/// Parses an input URL (http or https only) and returns its canonical form.
-pub fn canonical(raw: &str) -> Result<Url> {
+/// Parses an input URL (http or https only) as it is listed: the URL that is fetched. Only
+/// what any HTTP client does to it changes (host case, default port, escaping of characters a
+/// URL cannot hold); the fragment, which is never sent, is dropped.
+pub fn listed(raw: &str) -> Result<Url> {
     let raw = raw.trim();
     if raw.is_empty() {
         bail!("empty URL");
@@ -39,6 +43,12 @@ pub fn canonical(raw: &str) -> Result<Url> {
         bail!("URL without a host: {raw:?}");
     }
     url.set_fragment(None);
+    Ok(url)
+}
+
+/// The canonical form of a listed URL: the key URL duplicates are found by.
+pub fn canonical(raw: &str) -> Result<Url> {
+    let mut url = listed(raw)?;
     if url.query().is_some() {
         let mut pairs: Vec<(String, String)> = url
             .query_pairs()
@@ -71,6 +81,18 @@ mod tests {
                 .as_str(),
             "https://x.org/i.png"
         );
+    }
+
+    /// The listed URL keeps its query as written: order, repeated keys, `%20`, `~`, a bare flag.
+    #[test]
+    fn listed_keeps_the_query_as_written() {
+        let raw = "https://cdn.example.com/i.jpg?b=2&a=1&a=0&sig=x%20y~z&flag&utm_source=s#f";
+        let url = listed(raw).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://cdn.example.com/i.jpg?b=2&a=1&a=0&sig=x%20y~z&flag&utm_source=s"
+        );
+        assert_ne!(canonical(raw).unwrap(), url);
     }
 
     #[test]

@@ -68,10 +68,14 @@ async fn open_version(
             cfg.output.display(),
             m.dataset
         );
-        return reg
+        let version = reg
             .dataset_version_by_id(m.version_id)
             .await
-            .with_context(|| format!("the version named by {}", marker_path.display()));
+            .with_context(|| format!("the version named by {}", marker_path.display()))?;
+        // A FAILED version is over: this run starts a new one (reusing the complete shards).
+        if version.status != DatasetStatus::Failed {
+            return Ok(version);
+        }
     }
     // All versions, filtered here: asking for one dataset's versions fails when it is new.
     let parent = reg
@@ -184,8 +188,20 @@ pub async fn join_version(
     open_version(reg, dataset, &cfg, &uri, params).await
 }
 
+/// Refuses an ingest that cannot start (bad numbers; a missing, unreadable, empty or
+/// column-less list) before a version is registered or a folder made.
+async fn validate(cfg: &IngestConfig) -> Result<()> {
+    pipeline::check(cfg)?;
+    let spec = cfg.input.clone();
+    tokio::task::spawn_blocking(move || crate::source::check_readable(&spec))
+        .await
+        .context("the input check panicked")?
+}
+
 /// Runs the ingest as version N+1 of `dataset` (or continues the version the folder holds),
-/// registers its complete shards and finishes the version once every shard is complete.
+/// registers its complete shards and finishes the version once every shard is complete. A run
+/// of its own (no other workers) that fails marks the version FAILED with the error and
+/// the next run starts a new version (reusing the complete shards).
 pub async fn ingest(
     reg: &Registry,
     dataset: &str,
@@ -193,9 +209,43 @@ pub async fn ingest(
     params: serde_json::Value,
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
+    validate(&cfg).await?;
     cfg.output = absolute(&cfg.output)?;
     let uri = cfg.output.display().to_string();
     let version = open_version(reg, dataset, &cfg, &uri, params).await?;
+    let shared = cfg.claims.is_some() || cfg.num_workers > 1;
+    match ingest_version(reg, dataset, cfg.clone(), &version, stop).await {
+        Err(e) if !shared => Err(fail_version(reg, &version, e).await),
+        outcome => outcome,
+    }
+}
+
+/// Marks `version` FAILED with `error`; returns the error (with a note when the marking failed
+/// too).
+async fn fail_version(
+    reg: &Registry,
+    version: &DatasetVersion,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let stats = serde_json::json!({ "error": format!("{error:#}") });
+    if let Err(e) = reg.fail_dataset_version(version.id, stats).await {
+        return error.context(format!("(marking the version FAILED failed too: {e:#})"));
+    }
+    error.context(format!(
+        "dataset version {}@{} is marked FAILED; run again to start a new version",
+        version.dataset, version.version
+    ))
+}
+
+/// The ingest of an open version: fetch, register, finish.
+async fn ingest_version(
+    reg: &Registry,
+    dataset: &str,
+    mut cfg: IngestConfig,
+    version: &DatasetVersion,
+    stop: Arc<AtomicBool>,
+) -> Result<Outcome> {
+    let uri = cfg.output.display().to_string();
     if let Some(claims) = &mut cfg.claims {
         claims.scope = format!("ingest-shards:{}", version.id);
     }

@@ -1,8 +1,12 @@
 //! The downloader stage: polite, bounded HTTP fetching. Per-host concurrency and rate limits,
-//! 429 Retry-After honoured for the whole host, retries with exponential backoff and jitter for
-//! transient failures only, a body size limit enforced while streaming, X-Robots-Tag opt-outs
-//! checked before the body is read, and robots.txt when asked.
-use crate::robots::Robots;
+//! 429 and 503 pause the whole host (for their Retry-After, in seconds or as an HTTP date, or
+//! for the backoff delay when there is none), retries with exponential backoff and jitter for
+//! transient failures only (timeouts, connection errors, 408, 429, 5xx), a body size limit
+//! enforced while streaming, X-Robots-Tag opt-outs checked before the body is read, and
+//! robots.txt when asked. Hosts are keyed by host name (http and https to one server share
+//! its limits); a host's entry is forgotten once idle when more than [`MAX_IDLE_HOSTS`] are
+//! known, so memory does not grow with the number of hosts in a list.
+use crate::robots::{Robots, MAX_ROBOTS_BYTES};
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, RETRY_AFTER, USER_AGENT};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -71,18 +75,32 @@ pub struct Fetched {
     pub attempts: u32,
 }
 
+/// Idle hosts kept before the map is swept (a sweep drops hosts with no request in flight and
+/// no pause pending).
+pub const MAX_IDLE_HOSTS: usize = 4096;
+
 struct Host {
     slots: Semaphore,
     /// The earliest moment the next request may start (rate limit and Retry-After).
     next_start: Mutex<Instant>,
-    robots: OnceCell<Option<Robots>>,
+    /// robots.txt per origin (`scheme://host:port`), read once each.
+    robots: Mutex<HashMap<String, Arc<OnceCell<RobotsAnswer>>>>,
+}
+
+/// A robots.txt as read, or why it could not be (then nothing may be fetched from its origin).
+type RobotsAnswer = Result<Robots, String>;
+
+/// The hosts seen, and the size at which the map is next swept.
+struct Hosts {
+    map: HashMap<String, Arc<Host>>,
+    sweep_at: usize,
 }
 
 pub struct Fetcher {
     client: reqwest::Client,
     cfg: FetchConfig,
     user_agent: String,
-    hosts: Mutex<HashMap<String, Arc<Host>>>,
+    hosts: Mutex<Hosts>,
 }
 
 /// The User-Agent: names the tool and, when given, the operator's token.
@@ -117,9 +135,16 @@ pub fn robots_tag_forbids(values: &[&str], token: Option<&str>, disallowed: &[St
     })
 }
 
+/// Retry-After as seconds or as an HTTP date (RFC 9110 section 10.2.3); a date in the past
+/// means now.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<u64>().ok().map(Duration::from_secs)
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+    Some(Duration::from_millis(ms.max(0) as u64))
 }
 
 enum Attempt {
@@ -178,23 +203,40 @@ impl Fetcher {
             client,
             cfg,
             user_agent,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(Hosts {
+                map: HashMap::new(),
+                sweep_at: MAX_IDLE_HOSTS,
+            }),
         })
     }
 
+    /// The state of `url`'s host, made at its first request.
     fn host(&self, url: &Url) -> Arc<Host> {
-        let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        let key = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let mut hosts = self.hosts.lock().expect("hosts lock");
-        hosts
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Host {
-                    slots: Semaphore::new(self.cfg.per_host_concurrency.max(1)),
-                    next_start: Mutex::new(Instant::now()),
-                    robots: OnceCell::new(),
-                })
-            })
-            .clone()
+        if let Some(h) = hosts.map.get(&key) {
+            return h.clone();
+        }
+        if hosts.map.len() >= hosts.sweep_at {
+            let now = Instant::now();
+            hosts.map.retain(|_, h| {
+                Arc::strong_count(h) > 1 || *h.next_start.lock().expect("host lock") > now
+            });
+            // Busy hosts stay; sweep again only when the map has grown as much again.
+            hosts.sweep_at = MAX_IDLE_HOSTS.max(2 * hosts.map.len());
+        }
+        let host = Arc::new(Host {
+            slots: Semaphore::new(self.cfg.per_host_concurrency.max(1)),
+            next_start: Mutex::new(Instant::now()),
+            robots: Mutex::new(HashMap::new()),
+        });
+        hosts.map.insert(key, host.clone());
+        host
+    }
+
+    /// How many hosts are tracked now.
+    pub fn hosts_tracked(&self) -> usize {
+        self.hosts.lock().expect("hosts lock").map.len()
     }
 
     /// Waits for the host's rate limit; returns when this request may start.
@@ -222,18 +264,7 @@ impl Fetcher {
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
         let host = self.host(url);
         if self.cfg.respect_robots_txt {
-            let robots = host
-                .robots
-                .get_or_init(|| async { self.load_robots(url).await })
-                .await;
-            if let Some(r) = robots {
-                if !r.allowed(url.path()) {
-                    return Err(FetchError {
-                        opted_out: true,
-                        ..err("robots_txt", "disallowed by robots.txt", None)
-                    });
-                }
-            }
+            self.check_robots(&host, url).await?;
         }
         let mut attempt = 0;
         loop {
@@ -254,25 +285,28 @@ impl Fetcher {
                 }
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Transient(e, after) => {
+                    let base = self.cfg.backoff.mul_f64(2f64.powi(attempt as i32 - 1));
+                    // A host that says it is overloaded waits as a whole, whether or not this
+                    // row tries again: for its Retry-After (at most `max_retry_after`), else
+                    // (429 or 503 without one) for the backoff delay.
+                    let overloaded = matches!(e.http_status, Some(429 | 503));
+                    let pause = after.or(overloaded.then_some(base));
+                    if let Some(pause) = pause {
+                        Self::hold_host(&host, pause.min(self.cfg.max_retry_after));
+                    }
                     if attempt > self.cfg.retries {
                         return Err(e);
                     }
-                    if let Some(after) = after {
-                        if after > self.cfg.max_retry_after {
-                            return Err(FetchError {
-                                message: format!(
-                                    "{} (Retry-After {}s is too long)",
-                                    e.message,
-                                    after.as_secs()
-                                ),
-                                ..e
-                            });
-                        }
-                        Self::hold_host(&host, after);
+                    if let Some(pause) = pause.filter(|p| *p > self.cfg.max_retry_after) {
+                        let message = format!(
+                            "{} (Retry-After {}s is too long)",
+                            e.message,
+                            pause.as_secs()
+                        );
+                        return Err(FetchError { message, ..e });
                     }
-                    let base = self.cfg.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 1);
-                    let jittered = Duration::from_secs_f64(base * fastrand::f64());
-                    tokio::time::sleep(jittered.max(after.unwrap_or_default())).await;
+                    let jittered = base.mul_f64(fastrand::f64());
+                    tokio::time::sleep(jittered.max(pause.unwrap_or_default())).await;
                 }
             }
         }
@@ -310,10 +344,15 @@ impl Fetcher {
     /// larger than the limit).
     fn classify_response(&self, resp: &reqwest::Response) -> Result<Option<u64>, Attempt> {
         let status = resp.status().as_u16();
-        if status == 429 {
+        if status == 429 || status == 408 {
             let after = retry_after(resp.headers());
+            let (kind, what) = if status == 429 {
+                ("http_429", "Too Many Requests")
+            } else {
+                ("http_408", "Request Timeout")
+            };
             return Err(Attempt::Transient(
-                err("http_429", "HTTP 429 Too Many Requests", Some(status)),
+                err(kind, format!("HTTP {status} {what}"), Some(status)),
                 after,
             ));
         }
@@ -415,22 +454,66 @@ impl Fetcher {
         })
     }
 
-    /// robots.txt of the URL's host: `None` when there is none or it cannot be read (allow all).
-    async fn load_robots(&self, url: &Url) -> Option<Robots> {
+    /// Fails with an opt-out when `url`'s robots.txt (read once per origin) disallows it.
+    async fn check_robots(&self, host: &Host, url: &Url) -> Result<(), FetchError> {
+        let origin = url.origin().ascii_serialization();
+        let cell = host
+            .robots
+            .lock()
+            .expect("robots lock")
+            .entry(origin)
+            .or_default()
+            .clone();
+        let robots = match cell.get_or_init(|| self.load_robots(url)).await {
+            Ok(robots) => robots,
+            Err(why) => {
+                let message = format!("robots.txt unreachable ({why}): RFC 9309 disallows all");
+                return Err(err("robots_txt_unreachable", message, None));
+            }
+        };
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        if robots.allowed(&target) {
+            return Ok(());
+        }
+        Err(FetchError {
+            opted_out: true,
+            ..err("robots_txt", "disallowed by robots.txt", None)
+        })
+    }
+
+    /// robots.txt of the URL's origin, as RFC 9309 section 2.3.1 reads the answer: a 4xx
+    /// allows everything; a 5xx, a failed request or an unreadable body is unreachable
+    /// (`Err`: everything disallowed); only the first [`MAX_ROBOTS_BYTES`] are parsed.
+    async fn load_robots(&self, url: &Url) -> RobotsAnswer {
         let mut robots_url = url.clone();
         robots_url.set_path("/robots.txt");
         robots_url.set_query(None);
-        let resp = self.request(&robots_url).send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
+        let mut resp = self
+            .request(&robots_url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status.is_client_error() {
+            return Ok(Robots::default());
         }
-        let text = resp.text().await.ok()?;
-        let agent = self
-            .cfg
-            .user_agent_token
-            .as_deref()
-            .unwrap_or("albef-ingest");
-        Some(Robots::parse(&text, agent))
+        if !status.is_success() {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        let mut body = Vec::new();
+        while body.len() < MAX_ROBOTS_BYTES {
+            match resp.chunk().await.map_err(|e| e.to_string())? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        body.truncate(MAX_ROBOTS_BYTES);
+        let mut agents = vec!["albef-ingest"];
+        agents.extend(self.cfg.user_agent_token.as_deref());
+        Ok(Robots::parse(&String::from_utf8_lossy(&body), &agents))
     }
 }
 

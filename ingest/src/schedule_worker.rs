@@ -313,8 +313,9 @@ async fn run_job(
     Ok((stats, outcome.version_id))
 }
 
-/// Renews the job's lease every third of `lease` while it runs: sets `job_stop` when the
-/// scheduler is stopped, and `lost` and `job_stop` when another worker took the job over.
+/// Renews the job's lease every third of `lease` while it runs: sets `job_stop` as soon as the
+/// scheduler is stopped (within 200 ms), and `lost` and `job_stop` when another worker took
+/// the job over.
 fn spawn_heartbeat(
     reg: &Registry,
     lease: Duration,
@@ -325,12 +326,18 @@ fn spawn_heartbeat(
 ) -> tokio::task::JoinHandle<()> {
     let (reg, claim) = (reg.clone(), claim.clone());
     let (job_stop, lost, stop) = (job_stop.clone(), lost.clone(), stop.clone());
+    let tick = (lease / 3).min(Duration::from_millis(200));
     tokio::spawn(async move {
+        let mut renew_at = tokio::time::Instant::now() + lease / 3;
         loop {
-            tokio::time::sleep(lease / 3).await;
+            tokio::time::sleep(tick).await;
             if stop.load(Ordering::Relaxed) {
                 job_stop.store(true, Ordering::Relaxed);
             }
+            if tokio::time::Instant::now() < renew_at {
+                continue;
+            }
+            renew_at += lease / 3;
             match reg.heartbeat(&claim, lease).await {
                 Ok(true) => {}
                 Ok(false) => {

@@ -7,7 +7,7 @@ use super::key_of;
 use super::process::{fetch_row, RowMeta, RowWork};
 use super::read::Rows;
 use super::IngestConfig;
-use crate::canon::canonical;
+use crate::canon::{canonical, listed};
 use crate::dedup::{DedupIndex, DupKind};
 use crate::fetch::Fetcher;
 use crate::source::InputRow;
@@ -22,7 +22,8 @@ use url::Url;
 
 /// An output row on its way to the writer.
 pub(super) struct Done {
-    pub(super) shard: u64,
+    /// The row's number in the input list (its shard and place in it follow).
+    pub(super) index: u64,
     pub(super) row: Row,
     pub(super) meta: RowMeta,
 }
@@ -104,7 +105,7 @@ impl Dispatcher {
                 Ok(None) => return End::Stopped,
                 Err(e) => return End::ClaimFailed(e),
             }
-            if !self.dispatch(index_no, shard, input).await {
+            if !self.dispatch(index_no, input).await {
                 return End::Drained;
             }
             // Reap finished tasks so the set stays small.
@@ -112,12 +113,12 @@ impl Dispatcher {
         }
     }
 
-    /// Sends input row `index_no` of `shard` on its way; false when the writer is gone.
-    async fn dispatch(&mut self, index_no: u64, shard: u64, input: InputRow) -> bool {
+    /// Sends input row `index` on its way; false when the writer is gone.
+    async fn dispatch(&mut self, index: u64, input: InputRow) -> bool {
         let caption = input.caption;
         let text = pre_caption(caption.as_deref().unwrap_or(""), MAX_WORDS);
         let row = Row {
-            key: key_of(index_no, self.shard_size),
+            key: key_of(index, self.shard_size),
             url: input.url,
             text,
             caption,
@@ -132,21 +133,23 @@ impl Dispatcher {
             .expect("never closed");
         match self.route(row) {
             Route::Fetch(row, url) => {
-                self.spawn_fetch(shard, row, url, permit);
+                self.spawn_fetch(index, row, url, permit);
                 true
             }
             Route::Now(row, meta) => {
-                let sent = self.done_tx.send(Done { shard, row, meta }).await;
+                let sent = self.done_tx.send(Done { index, row, meta }).await;
                 drop(permit);
                 sent.is_ok()
             }
         }
     }
 
-    /// Settles malformed URLs and URL duplicates at once; the other rows are to be fetched.
+    /// Settles malformed URLs and URL duplicates (by canonical URL) at once; the other rows are
+    /// to be fetched, at the URL as listed.
     fn route(&self, mut row: Row) -> Route {
-        let url = match canonical(&row.url) {
-            Ok(url) => url,
+        let urls = listed(&row.url).and_then(|url| Ok((canonical(&row.url)?, url)));
+        let (key, url) = match urls {
+            Ok(urls) => urls,
             Err(e) => {
                 row.status = Some(Status::FailedToDownload);
                 row.error_message = Some(format!("{e:#}"));
@@ -160,7 +163,7 @@ impl Dispatcher {
         let dup = self.work.index.as_ref().and_then(|idx| {
             idx.lock()
                 .expect("dedupe index lock")
-                .check_url(url.as_str(), &row.text, &row.key)
+                .check_url(key.as_str(), &row.text, &row.key)
         });
         let Some((first, kind)) = dup else {
             return Route::Fetch(row, url);
@@ -179,11 +182,11 @@ impl Dispatcher {
     }
 
     /// Fetches the row in a task that hands it to the writer, then gives back its permit.
-    fn spawn_fetch(&mut self, shard: u64, row: Row, url: Url, permit: OwnedSemaphorePermit) {
+    fn spawn_fetch(&mut self, index: u64, row: Row, url: Url, permit: OwnedSemaphorePermit) {
         let (work, tx) = (self.work.clone(), self.done_tx.clone());
         self.tasks.spawn(async move {
             let (row, meta) = fetch_row(row, url, work).await;
-            let _ = tx.send(Done { shard, row, meta }).await;
+            let _ = tx.send(Done { index, row, meta }).await;
             drop(permit);
         });
     }

@@ -157,6 +157,8 @@ pub fn key_of(index: u64, shard_size: u64) -> String {
 pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -> Result<Summary> {
     let started = Instant::now();
     check(cfg)?;
+    std::fs::create_dir_all(&cfg.output)
+        .with_context(|| format!("cannot create output folder {}", cfg.output.display()))?;
     let spec = cfg.input.clone();
     let total = tokio::task::spawn_blocking(move || source::count_rows(&spec)).await??;
     let done: HashSet<u64> = dataset::complete_shards(&cfg.output)?.into_iter().collect();
@@ -206,10 +208,8 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
     Ok(summary)
 }
 
-/// Makes the output folder and checks the shard size and the worker numbers.
-fn check(cfg: &IngestConfig) -> Result<()> {
-    std::fs::create_dir_all(&cfg.output)
-        .with_context(|| format!("cannot create output folder {}", cfg.output.display()))?;
+/// Checks the shard size and the worker numbers.
+pub fn check(cfg: &IngestConfig) -> Result<()> {
     anyhow::ensure!(cfg.shard_size > 0, "--shard-size must be at least 1");
     anyhow::ensure!(
         cfg.num_workers > 0 && cfg.worker_index < cfg.num_workers,

@@ -1,6 +1,9 @@
 //! The writer and logger: a thread that streams output rows into their per-shard Parquet files,
 //! counts each row in its shard's stats and on the progress bar, and commits a shard (Parquet
-//! file, then its stats file) as its last row arrives.
+//! file, then its stats file) as its last row arrives. Rows are written in input order, so one
+//! list always gives the same rows in the same order whatever order the fetches finish in: a
+//! row that arrives before those above it waits in memory (at most a shard's rows, behind a
+//! slow one) while the fetching goes on.
 use super::dispatch::Done;
 use super::process::RowMeta;
 use super::IngestConfig;
@@ -9,7 +12,7 @@ use albef_dataset::{Row, ShardWriter, Status};
 use anyhow::Result;
 use indicatif::ProgressBar;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -49,6 +52,8 @@ struct OpenShard {
     writer: ShardWriter,
     expected: u64,
     stats: Stats,
+    /// Rows that arrived before the next one in input order, by their place in the shard.
+    waiting: BTreeMap<u64, Row>,
 }
 
 struct Writer {
@@ -68,11 +73,15 @@ struct Writer {
 impl Writer {
     /// Streams rows into their shard files and commits full shards.
     fn run(mut self, mut rx: mpsc::Receiver<Done>) -> Result<Written> {
-        while let Some(Done { shard, row, meta }) = rx.blocking_recv() {
+        while let Some(Done { index, row, meta }) = rx.blocking_recv() {
             let t = Instant::now();
+            let (shard, place) = (index / self.shard_size, index % self.shard_size);
             let s = self.shard(shard)?;
             let mut one = row_stats(&row, &meta);
-            s.writer.push(row)?;
+            s.waiting.insert(place, row);
+            while let Some(row) = s.waiting.remove(&s.writer.rows()) {
+                s.writer.push(row)?;
+            }
             one.seconds.write = t.elapsed().as_secs_f64();
             s.stats.add(&one);
             let full = s.writer.rows() == s.expected;
@@ -96,6 +105,7 @@ impl Writer {
                 writer: ShardWriter::create(&self.dir, shard, &self.extra)?,
                 expected: self.shard_size.min(self.total - shard * self.shard_size),
                 stats: Stats::default(),
+                waiting: BTreeMap::new(),
             }),
         })
     }

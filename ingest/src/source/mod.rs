@@ -179,6 +179,19 @@ fn read_rows_in(
     }))
 }
 
+/// Checks that the list can be read and holds a row, reading only its first rows: a missing,
+/// binary, empty or column-less list fails here, before anything is registered or written.
+pub fn check_readable(spec: &InputSpec) -> Result<()> {
+    match read_rows(spec)?.next() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(e.context(format!("input {:?} cannot be read", spec.input))),
+        None => bail!(
+            "input {:?} holds no rows: give a list with at least one URL",
+            spec.input
+        ),
+    }
+}
+
 /// Counts the rows of the list without keeping them (for the progress bar).
 pub fn count_rows(spec: &InputSpec) -> Result<u64> {
     let mut n = 0;
