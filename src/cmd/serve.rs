@@ -1,32 +1,50 @@
 //! `albef serve`: opens the registry and serves its JSON API and the web dashboard
 //! (`albef_registry::http`). Prints the bound address on stdout, so that `--addr 127.0.0.1:0`
-//! can be used by scripts and tests.
-use super::Context;
+//! can be used by scripts and tests. It speaks plain HTTP, so it refuses an address other
+//! machines can reach unless `--allow-insecure` says that a TLS proxy or a trusted network is in
+//! front of it.
+use super::{positive_seconds, Context};
 use albef_registry::Registry;
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the bound address is printed)
+    /// Address to listen on (port 0 picks a free port; the bound address is printed). Other than
+    /// a loopback address it needs --allow-insecure
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
     /// Bearer token that enables the writing endpoints (promote, rollback); without one the API is read-only
     #[arg(long, env = "ALBEF_SERVE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve plain HTTP on an address other machines can reach (behind a TLS proxy, or on a
+    /// trusted network): the registry is readable by anyone who reaches it, and the token crosses
+    /// the network unencrypted
+    #[arg(long)]
+    allow_insecure: bool,
+    /// Seconds one registry statement of a request may run on Postgres before it is cancelled
+    #[arg(long, default_value = "30", value_parser = positive_seconds)]
+    statement_timeout: f64,
 }
 
 impl ServeArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
-        let reg = Registry::connect(&ctx.registry_url).await?;
+        let has_token = self.token.as_deref().is_some_and(|t| !t.is_empty());
         let listener = tokio::net::TcpListener::bind(&self.addr)
             .await
             .with_context(|| format!("cannot listen on {}", self.addr))?;
         let bound = listener
             .local_addr()
             .with_context(|| format!("reading the bound address of {}", self.addr))?;
-        let mode = if self.token.as_deref().is_some_and(|t| !t.is_empty()) {
+        if !self.allow_insecure {
+            refuse_insecure(&self.addr, bound, has_token)?;
+        }
+        let timeout = Duration::from_secs_f64(self.statement_timeout);
+        let reg = Registry::connect_with(&ctx.registry_url, timeout).await?;
+        let mode = if has_token {
             "promote and rollback need the bearer token"
         } else {
             "read-only"
@@ -38,4 +56,23 @@ impl ServeArgs {
         std::io::stdout().flush().context("writing to stdout")?;
         albef_registry::http::serve(reg, listener, self.token).await
     }
+}
+
+/// Fails, saying why and what to do, when `bound` is reachable from other machines: without a
+/// token anyone there reads the registry; with one, the token travels in clear text.
+fn refuse_insecure(addr: &str, bound: SocketAddr, has_token: bool) -> Result<()> {
+    if bound.ip().is_loopback() {
+        return Ok(());
+    }
+    let why = if has_token {
+        "the bearer token would cross the network unencrypted (albef serve speaks plain HTTP)"
+    } else {
+        "there is no --token, and anyone who reaches it could read every run, checkpoint and \
+         dataset over plain HTTP"
+    };
+    bail!(
+        "refusing to serve on {addr} ({bound}), which other machines can reach: {why}. Listen on \
+         127.0.0.1 behind a TLS-terminating reverse proxy, or pass --allow-insecure if the network \
+         is trusted or a proxy already encrypts it"
+    )
 }
