@@ -76,7 +76,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match cmd::stopped_by() {
+                Some(signal) => ExitCode::from(128 + signal as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //! The job completes exactly once, its history shows the takeover, and no shard is written
 //! twice (the shards committed before the kill keep their files, and their URLs were fetched
 //! once). Also: two overlapping `albef ingest` runs on one dataset, the second refused by the
-//! dataset lock with a message naming the holder.
+//! dataset lock with a message naming the holder; and SIGTERM, which stops an ingest at its
+//! next safe point.
 use albef_registry::{DatasetStatus, Registry};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -326,6 +327,86 @@ fn overlapping_ingests_are_refused(registry: &str, dir: &Path) {
         .filter(|v| v.status == DatasetStatus::Finished)
         .count();
     assert_eq!(finished, 2, "{versions:?}");
+}
+
+/// Sends SIGTERM (what Kubernetes, Slurm, systemd and Docker send) to `child`.
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGTERM in the middle of an ingest: the rows in flight finish, the complete shards are
+/// committed and registered, no temporary file is left, the process says what it kept and exits
+/// 143; the same command run again finishes the same version.
+fn sigterm_stops_an_ingest_cleanly(registry: &str, dir: &Path) {
+    let (port, _) = slow_server(Duration::from_millis(150));
+    let list = write_list(dir, port);
+    let out = dir.join("out");
+    let (list_s, out_s) = (list.display().to_string(), out.display().to_string());
+    let args = [
+        "ingest",
+        "--input",
+        &list_s,
+        "--output",
+        &out_s,
+        "--dataset",
+        "web",
+        "--shard-size",
+        "5",
+        "--per-host-concurrency",
+        "1",
+        "--retries",
+        "0",
+    ];
+    let child = albef(registry, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first shard", Duration::from_secs(60), || {
+        !complete_shards(&out).is_empty()
+    });
+    sigterm(&child);
+    let stopped = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(143), "{text}");
+    assert!(
+        text.contains("SIGTERM") && text.contains("shards committed"),
+        "{text}"
+    );
+    let kept = complete_shards(&out).len();
+    assert!(kept < ROWS / SHARD, "finished before the signal: {text}");
+    let leftovers: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt.block_on(Registry::connect(registry)).unwrap();
+    let version = rt.block_on(reg.dataset_versions(Some("web"))).unwrap()[0].clone();
+    assert_eq!(version.status, DatasetStatus::Building);
+    assert_eq!(rt.block_on(reg.shards(version.id)).unwrap().len(), kept);
+    assert_eq!(rt.block_on(reg.dataset_lock_holder("web")).unwrap(), None);
+
+    check(
+        albef(registry, &args).output().unwrap(),
+        "the ingest run again",
+    );
+    let versions = rt.block_on(reg.dataset_versions(Some("web"))).unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0].status, DatasetStatus::Finished);
+    assert_eq!(versions[0].rows, ROWS as i64);
+}
+
+#[test]
+fn sigterm_stops_an_ingest_cleanly_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    sigterm_stops_an_ingest_cleanly(&url, dir.path());
 }
 
 #[test]

@@ -263,7 +263,7 @@ async fn ingest_version(
     }
 
     let expected = summary.input_rows.div_ceil(cfg.shard_size);
-    let finished = match register(reg, &cfg, &lineage, &version, expected).await {
+    let finished = match register(reg, &cfg, &lineage, version, expected).await {
         Ok(finished) => finished,
         // Workers sharing the list register concurrently; the one that finishes the version
         // has registered every shard, and the others may then fail on it.

@@ -121,9 +121,7 @@ pub async fn run_scheduler(
     decode: JobDecoder,
     stop: Arc<AtomicBool>,
 ) -> Result<SchedulerReport> {
-    let enqueued = reg
-        .enqueue_due(albef_registry::now_ms(), opts.max_attempts)
-        .await?;
+    let enqueued = reg.enqueue_due_now(opts.max_attempts).await?;
     tracing::info!(jobs = ?enqueued, "enqueued due schedules");
     let ticker = (!opts.once).then(|| {
         let (reg, opts, stop) = (reg.clone(), opts.clone(), stop.clone());
@@ -131,10 +129,7 @@ pub async fn run_scheduler(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(opts.poll).await;
-                match reg
-                    .enqueue_due(albef_registry::now_ms(), opts.max_attempts)
-                    .await
-                {
+                match reg.enqueue_due_now(opts.max_attempts).await {
                     Ok(jobs) if !jobs.is_empty() => {
                         tracing::info!(?jobs, "enqueued due schedules");
                         n += jobs.len() as u64;

@@ -94,13 +94,15 @@ pub struct IngestArgs {
     /// Largest download in bytes
     #[arg(long, default_value_t = 32 << 20)]
     max_body_bytes: u64,
-    /// Token added to the User-Agent and matched by `token: noai` X-Robots-Tag directives
+    /// Token added to the User-Agent, matched by `token: noai` X-Robots-Tag directives and by
+    /// robots.txt groups (besides `albef-ingest`)
     #[arg(long)]
     user_agent_token: Option<String>,
     /// Ignore X-Robots-Tag opt-outs (noai, noimageai, noindex, noimageindex)
     #[arg(long)]
     ignore_x_robots_tag: bool,
-    /// Also obey robots.txt (fetched once per host)
+    /// Also obey robots.txt (RFC 9309; read once per origin; a 5xx or unreachable one disallows
+    /// the origin)
     #[arg(long)]
     respect_robots_txt: bool,
     /// Turn off URL, sha256 and pHash dedupe
@@ -305,7 +307,8 @@ pub async fn run(args: IngestArgs, ctx: super::Context) -> Result<()> {
     let reg = Registry::connect(&ctx.registry_url)
         .await
         .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
-    let stop = super::stop_on_ctrl_c("finishing the rows in flight and committing complete shards");
+    let stop =
+        super::stop_on_ctrl_c("dropping the fetches in flight and committing the complete shards");
     let outcome = ingest_dataset(&reg, &args, stop).await?;
     print_summary(&outcome, args.format)?;
     check_complete(&outcome)

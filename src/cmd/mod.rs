@@ -14,7 +14,7 @@ mod train;
 
 use clap::{Args, FromArgMatches, Subcommand};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -115,9 +115,19 @@ pub fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The signal that stopped the command (2 for Ctrl-C, 15 for SIGTERM), 0 while none has.
+static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+
+/// The signal that asked the command to stop, if one did: a command that then fails (an ingest
+/// left unfinished) exits with 128 + that number, as a process killed by it would, so that a
+/// supervisor tells a stop from a failure.
+pub fn stopped_by() -> Option<i32> {
+    Some(STOPPED_BY.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
 /// A flag that the first Ctrl-C or SIGTERM (what Slurm, Kubernetes and torchrun send to stop a
 /// job) sets, after logging `what` the command does now (it stops at its next safe point); a
-/// second one exits at once with status 130.
+/// second one exits at once with 128 + the signal's number.
 pub fn stop_on_ctrl_c(what: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -126,17 +136,18 @@ pub fn stop_on_ctrl_c(what: &'static str) -> Arc<AtomicBool> {
             tracing::warn!("cannot listen for SIGTERM: only Ctrl-C stops gracefully");
             return;
         };
-        let name = tokio::select! {
-            r = tokio::signal::ctrl_c() => if r.is_ok() { "Ctrl-C" } else { return },
-            _ = term.recv() => "SIGTERM",
+        let (name, number) = tokio::select! {
+            r = tokio::signal::ctrl_c() => if r.is_ok() { ("Ctrl-C", 2) } else { return },
+            _ = term.recv() => ("SIGTERM", 15),
         };
         tracing::warn!("{name}: {what} (Ctrl-C or SIGTERM again aborts)");
+        STOPPED_BY.store(number, Ordering::SeqCst);
         flag.store(true, Ordering::SeqCst);
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        std::process::exit(130);
+        let again = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 2,
+            _ = term.recv() => 15,
+        };
+        std::process::exit(128 + again);
     });
     stop
 }

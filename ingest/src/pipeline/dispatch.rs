@@ -1,7 +1,9 @@
 //! The dispatcher: takes the reader's rows in order, asks the assigner whether this worker takes
 //! their shard, and turns each taken row into an output row for the writer: at once for
 //! malformed URLs and URL duplicates, else through a fetch task ([`super::process`]) that holds
-//! one of `max_in_flight` permits until its row reaches the writer.
+//! one of `max_in_flight` permits until its row reaches the writer. When the run is stopped,
+//! the fetches still in flight are dropped (their shards stay incomplete and are fetched again
+//! by the next run), so a stop takes effect at once rather than after every queued fetch.
 use super::assign::Assigner;
 use super::key_of;
 use super::process::{fetch_row, RowMeta, RowWork};
@@ -50,6 +52,7 @@ pub(super) struct Dispatcher {
     shard_size: u64,
     done_tx: mpsc::Sender<Done>,
     tasks: tokio::task::JoinSet<()>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
@@ -57,6 +60,7 @@ impl Dispatcher {
         cfg: &IngestConfig,
         index: Option<Arc<Mutex<DedupIndex>>>,
         done_tx: mpsc::Sender<Done>,
+        stop: Arc<AtomicBool>,
     ) -> Result<Dispatcher> {
         let work = RowWork {
             fetcher: Fetcher::new(cfg.fetch.clone())?,
@@ -71,20 +75,16 @@ impl Dispatcher {
             shard_size: cfg.shard_size,
             done_tx,
             tasks: tokio::task::JoinSet::new(),
+            stop,
         })
     }
 
     /// Dispatches the rows of `rows` until the list ends, `stop` is set or an error occurs;
     /// drops `rows` on return, which ends the reader.
-    pub(super) async fn run(
-        &mut self,
-        mut rows: Rows,
-        assigner: &mut Assigner,
-        stop: &AtomicBool,
-    ) -> End {
+    pub(super) async fn run(&mut self, mut rows: Rows, assigner: &mut Assigner) -> End {
         let mut i = 0u64;
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) {
                 return End::Stopped;
             }
             let next = tokio::select! {
@@ -181,12 +181,17 @@ impl Dispatcher {
         Route::Now(row, meta)
     }
 
-    /// Fetches the row in a task that hands it to the writer, then gives back its permit.
+    /// Fetches the row in a task that hands it to the writer, then gives back its permit; a
+    /// stop drops the row.
     fn spawn_fetch(&mut self, index: u64, row: Row, url: Url, permit: OwnedSemaphorePermit) {
-        let (work, tx) = (self.work.clone(), self.done_tx.clone());
+        let (work, tx, stop) = (self.work.clone(), self.done_tx.clone(), self.stop.clone());
         self.tasks.spawn(async move {
-            let (row, meta) = fetch_row(row, url, work).await;
-            let _ = tx.send(Done { index, row, meta }).await;
+            tokio::select! {
+                (row, meta) = fetch_row(row, url, work) => {
+                    let _ = tx.send(Done { index, row, meta }).await;
+                }
+                () = stopped(&stop) => {}
+            }
             drop(permit);
         });
     }
@@ -194,5 +199,12 @@ impl Dispatcher {
     /// Waits for the fetch tasks; the writer's channel closes with the dispatcher.
     pub(super) async fn finish(mut self) {
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Returns once `stop` is set (checked every 100 ms).
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -153,7 +153,8 @@ pub fn key_of(index: u64, shard_size: u64) -> String {
     format!("{:0w$}", shard * 10u64.pow(d) + row, w = 5 + d as usize)
 }
 
-/// Runs the ingest into `cfg.output`. Set `stop` to finish the shards already fed and return.
+/// Runs the ingest into `cfg.output`. Set `stop` to drop the fetches in flight, commit the
+/// complete shards and return.
 pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -> Result<Summary> {
     let started = Instant::now();
     check(cfg)?;
@@ -168,12 +169,12 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
 
     let (reader, rows) = read::spawn(cfg.input.clone(), stop.clone());
     let (writer, done_tx) = write::spawn(cfg, total, bar.clone());
-    let mut dispatcher = Dispatcher::new(cfg, index, done_tx)?;
+    let mut dispatcher = Dispatcher::new(cfg, index, done_tx, stop.clone())?;
     let keeper = cfg
         .claims
         .clone()
         .map(|c| claims::Keeper::spawn(c, cfg.output.clone(), assigner.held(), stop.clone()));
-    let end = dispatcher.run(rows, &mut assigner, &stop).await;
+    let end = dispatcher.run(rows, &mut assigner).await;
     dispatcher.finish().await;
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await?
@@ -186,7 +187,8 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
         End::ClaimFailed(e) => return Err(e.context("claiming a shard")),
         End::ReadFailed(e) => return Err(e.context("reading the input list")),
         End::Stopped => true,
-        End::Drained => false,
+        // Drained, but a stop may have dropped the last fetches.
+        End::Drained => stop.load(std::sync::atomic::Ordering::Relaxed),
     };
     reader
         .join()
