@@ -13,8 +13,8 @@ const K: usize = 8;
 /// The thumbnail's side: each cell averages a 4x4 block of the 32x32 reduction.
 const T: usize = 8;
 /// A copy's thumbnail differs from its original's by at most this much per channel on average
-/// (0-255 scale; resized, re-encoded and mirrored copies stay under 2.5, distinct pictures whose
-/// hashes agree differ by 5.5 or more: docs/benchmarks.md)...
+/// (0-255 scale; resized, re-encoded and mirrored copies stayed at most 3.2 apart, distinct
+/// pictures whose hashes agree 5.5 or more: docs/research-log.md)...
 const MAX_MEAN_DIFF: u32 = 4;
 /// ...and in no cell by more than this (a small object that differs is a different picture).
 const MAX_CELL_DIFF: u8 = 48;
