@@ -3,7 +3,7 @@
 //! fetched at the same time never met. When the last shard of such a version is complete,
 //! [`dedupe_across_workers`] walks every shard in shard order against one index and marks each
 //! success row that repeats an earlier row (the same bytes, or a pHash within the distance,
-//! mirrored too) as a duplicate of it, rewriting the shards it changes atomically.
+//! mirrored too, confirmed by the thumbnails as during ingest) as a duplicate of it, rewriting the shards it changes atomically.
 //!
 //! A shard's stats file is the pass's journal: it is written first, with the counts moved and
 //! the rows listed in `late_duplicates`, and the Parquet file after it. A pass killed between
@@ -11,6 +11,7 @@
 //! counting them again; two workers finishing at once compute the same result and may both
 //! write it.
 use crate::dedup::DedupIndex;
+use crate::phash::Fingerprint;
 use crate::pipeline::content_dup_message;
 use albef_dataset::{self as dataset, Row, ShardWriter, Status};
 use albef_dataset::{LateDuplicate, ShardStats};
@@ -182,14 +183,13 @@ fn check_row(
     };
     let sha: [u8; 32] = hex_bytes(sha_hex).with_context(|| format!("bad sha256 {sha_hex:?}"))?;
     let jpg = row.jpg.as_deref().unwrap_or_default();
-    // The mirrored hash is not stored; it comes from the stored JPEG (only needed with pHash).
-    let mirror = match phash_distance {
-        Some(_) => crate::resizer::stored_mirror_phash(jpg)
-            .map_err(|e| anyhow::anyhow!("cannot decode its JPEG: {e}"))?,
-        None => phash,
-    };
+    // The mirrored hash and the thumbnail are not stored; they come from the stored JPEG (the
+    // thumbnail goes into the version's index even when this run does not use pHash).
+    let fp = crate::resizer::stored_fingerprint(jpg)
+        .map(|fp| Fingerprint { hash: phash, ..fp })
+        .map_err(|e| anyhow::anyhow!("cannot decode its JPEG: {e}"))?;
     Ok(index
-        .check_content(&sha, Some((phash, mirror)), phash_distance, &row.key)
+        .check_content(&sha, Some(&fp), phash_distance, &row.key)
         .map(|(first, kind)| {
             let d = LateDuplicate {
                 key: row.key.clone(),

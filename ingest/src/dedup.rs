@@ -1,9 +1,11 @@
 //! The dedupe index: canonical URLs (with the caption's hash) before fetching, sha256 of the
-//! bytes and 64-bit pHashes after. Near-duplicate search uses multi-index hashing: the hash is
-//! cut into four 16-bit bands and, by the pigeonhole principle, a hash within distance d of a
-//! stored one agrees with it within d/4 bits on at least one band, so a query looks at a few
-//! buckets instead of every entry. The index is saved with the dataset (`dedup.index`) so that
-//! a later version admits no duplicate of anything earlier.
+//! bytes and picture fingerprints (64-bit pHash and 8x8 thumbnail, `phash.rs`) after.
+//! Near-duplicate search uses multi-index hashing: the hash is cut into four 16-bit bands and,
+//! by the pigeonhole principle, a hash within distance d of a stored one agrees with it within
+//! d/4 bits on at least one band, so a query looks at a few buckets instead of every entry; a
+//! candidate is a copy only when the thumbnails agree too. The index is saved with the dataset
+//! (`dedup.index`) so that a later version admits no duplicate of anything earlier.
+use crate::phash::{Fingerprint, Thumb};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -11,7 +13,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 pub const INDEX_FILE: &str = "dedup.index";
-const MAGIC: &[u8; 8] = b"ALBEFDX1";
+/// Format 2 stores each picture's thumbnail; format 1 (pHashes only) is still read.
+const MAGIC: &[u8; 8] = b"ALBEFDX2";
+const MAGIC_V1: &[u8; 8] = b"ALBEFDX1";
 const BANDS: usize = 4;
 
 /// A stable 64-bit hash of a string (first 8 bytes of its sha256).
@@ -29,7 +33,7 @@ pub enum DupKind {
     Url,
     /// Same bytes (sha256).
     Exact,
-    /// pHash within the distance (possibly of the mirrored image).
+    /// pHash within the distance (possibly of the mirrored image), thumbnails alike.
     Near(u32),
 }
 
@@ -53,6 +57,9 @@ pub struct DedupIndex {
     sha: HashMap<u64, u32>,
     /// (pHash, key id)
     phashes: Vec<(u64, u32)>,
+    /// The thumbnail of each entry of `phashes`; `None` for entries of a format-1 index, which
+    /// are judged by their pHash alone.
+    thumbs: Vec<Option<Thumb>>,
     /// For each band, 2^16 buckets of positions in `phashes`.
     bands: Vec<Vec<Vec<u32>>>,
 }
@@ -120,11 +127,12 @@ impl DedupIndex {
         None
     }
 
-    /// The nearest stored pHash within `max_distance` of any of `hashes`.
-    pub fn nearest(&self, hashes: &[u64], max_distance: u32) -> Option<(u32, u32)> {
+    /// The nearest stored picture (distance, key id) whose pHash is within `max_distance` of
+    /// `fp`'s hash or its mirror's and whose thumbnail confirms the match.
+    pub fn nearest(&self, fp: &Fingerprint, max_distance: u32) -> Option<(u32, u32)> {
         let mut best: Option<(u32, u32)> = None;
         let mut cands = Vec::new();
-        for &h in hashes {
+        for (h, thumb) in [(fp.hash, fp.thumb), (fp.mirror, fp.thumb.mirrored())] {
             for band in 0..BANDS {
                 let v = (h >> (16 * band)) as u16;
                 neighbours(v, max_distance / BANDS as u32, &mut cands);
@@ -132,7 +140,10 @@ impl DedupIndex {
                     for &pos in &self.bands[band][usize::from(c)] {
                         let (stored, id) = self.phashes[pos as usize];
                         let d = (stored ^ h).count_ones();
-                        if d <= max_distance && best.is_none_or(|(bd, _)| d < bd) {
+                        if d <= max_distance
+                            && best.is_none_or(|(bd, _)| d < bd)
+                            && self.thumbs[pos as usize].is_none_or(|t| t.matches(&thumb))
+                        {
                             best = Some((d, id));
                         }
                     }
@@ -142,21 +153,23 @@ impl DedupIndex {
         best
     }
 
-    fn insert_phash(&mut self, phash: u64, id: u32) {
+    fn insert_phash(&mut self, phash: u64, thumb: Option<Thumb>, id: u32) {
         let pos = self.phashes.len() as u32;
         self.phashes.push((phash, id));
+        self.thumbs.push(thumb);
         for band in 0..BANDS {
             self.bands[band][usize::from((phash >> (16 * band)) as u16)].push(pos);
         }
     }
 
-    /// The first copy of these bytes (sha256) or of this picture (its pHash and mirrored pHash
-    /// within `max_distance`; `None` turns near-duplicate search off), or `None` after recording
-    /// `key`. A picture without a hash takes part in exact dedupe only.
+    /// The first copy of these bytes (sha256) or of this picture (its pHash or mirrored pHash
+    /// within `max_distance` and thumbnails alike; `None` turns near-duplicate search off), or
+    /// `None` after recording `key`. A picture without a fingerprint takes part in exact dedupe
+    /// only.
     pub fn check_content(
         &mut self,
         sha256: &[u8; 32],
-        phash: Option<(u64, u64)>,
+        fingerprint: Option<&Fingerprint>,
         max_distance: Option<u32>,
         key: &str,
     ) -> Option<(String, DupKind)> {
@@ -164,32 +177,33 @@ impl DedupIndex {
         if let Some(&id) = self.sha.get(&s) {
             return Some((self.key(id).to_string(), DupKind::Exact));
         }
-        if let (Some(d), Some((hash, mirror))) = (max_distance, phash) {
-            if let Some((dist, id)) = self.nearest(&[hash, mirror], d) {
+        if let (Some(d), Some(fp)) = (max_distance, fingerprint) {
+            if let Some((dist, id)) = self.nearest(fp, d) {
                 return Some((self.key(id).to_string(), DupKind::Near(dist)));
             }
         }
         let id = self.key_id(key);
         self.sha.insert(s, id);
-        if let Some((hash, _)) = phash {
-            self.insert_phash(hash, id);
+        if let Some(fp) = fingerprint {
+            self.insert_phash(fp.hash, Some(fp.thumb), id);
         }
         None
     }
 
-    /// Records a row of an earlier (complete) shard: its URL, and its content when it succeeded.
+    /// Records a row of an earlier (complete) shard: its URL, and its content (sha256 in hex,
+    /// pHash, thumbnail) when it succeeded.
     pub fn add_existing(
         &mut self,
         key: &str,
         canonical_url: Option<&str>,
         text: &str,
-        content: Option<(&str, u64)>,
+        content: Option<(&str, u64, Thumb)>,
     ) {
         let id = self.key_id(key);
         if let Some(u) = canonical_url {
             self.urls.entry(hash64(u)).or_insert((id, hash64(text)));
         }
-        if let Some((sha_hex, phash)) = content {
+        if let Some((sha_hex, phash, thumb)) = content {
             if let Some(s) = sha_hex
                 .get(..16)
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
@@ -197,7 +211,7 @@ impl DedupIndex {
                 // The hex string is big-endian bytes; the map keys the first 8 bytes little-endian.
                 let s = u64::from_le_bytes(s.to_be_bytes());
                 if self.sha.insert(s, id).is_none() {
-                    self.insert_phash(phash, id);
+                    self.insert_phash(phash, Some(thumb), id);
                 }
             }
         }
@@ -226,16 +240,24 @@ impl DedupIndex {
         }
         buf.write_all(&(self.phashes.len() as u64).to_le_bytes())?;
         let by_id: HashMap<u32, u64> = self.sha.iter().map(|(s, id)| (*id, *s)).collect();
-        for (p, id) in &self.phashes {
+        for ((p, id), thumb) in self.phashes.iter().zip(&self.thumbs) {
             buf.write_all(&by_id.get(id).copied().unwrap_or_default().to_le_bytes())?;
             buf.write_all(&p.to_le_bytes())?;
             buf.write_all(&id.to_le_bytes())?;
+            match thumb {
+                Some(t) => {
+                    buf.write_all(&[1])?;
+                    buf.write_all(&t.0)?;
+                }
+                None => buf.write_all(&[0])?,
+            }
         }
         let bytes = buf.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
         albef_dataset::write_atomic(path, &bytes)
     }
 
-    /// Reads an index written by [`save`](DedupIndex::save).
+    /// Reads an index written by [`save`](DedupIndex::save), or by a version of albef before
+    /// thumbnails (format 1: its pictures are then judged by their pHash alone).
     pub fn load(path: &Path) -> Result<DedupIndex> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open dedupe index {}", path.display()))?;
@@ -243,8 +265,19 @@ impl DedupIndex {
         let ctx = || format!("dedupe index {} is truncated or corrupt", path.display());
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic).with_context(ctx)?;
-        if &magic != MAGIC {
-            bail!("{} is not a dedupe index", path.display());
+        let thumbs = &magic == MAGIC;
+        if !thumbs && &magic != MAGIC_V1 {
+            bail!(
+                "{} is not a dedupe index (or one of a newer format: use the albef that wrote it)",
+                path.display()
+            );
+        }
+        if !thumbs {
+            tracing::warn!(
+                index = %path.display(),
+                "this dedupe index predates thumbnails: near duplicates of its pictures are \
+                 judged by pHash alone, which takes distinct low-texture pictures for copies"
+            );
         }
         let u64_ = |r: &mut BufReader<std::fs::File>| -> Result<u64> {
             let mut b = [0u8; 8];
@@ -280,11 +313,28 @@ impl DedupIndex {
             let s = u64_(&mut r)?;
             let p = u64_(&mut r)?;
             let id = read_id(&mut r)?;
+            let thumb = if thumbs {
+                read_thumb(&mut r).with_context(ctx)?
+            } else {
+                None
+            };
             idx.sha.insert(s, id);
-            idx.insert_phash(p, id);
+            idx.insert_phash(p, thumb, id);
         }
         Ok(idx)
     }
+}
+
+/// A thumbnail as [`DedupIndex::save`] writes it: a flag byte, then the thumbnail if it is 1.
+fn read_thumb(r: &mut impl Read) -> std::io::Result<Option<Thumb>> {
+    let mut flag = [0u8; 1];
+    r.read_exact(&mut flag)?;
+    if flag[0] == 0 {
+        return Ok(None);
+    }
+    let mut t = [0u8; Thumb::BYTES];
+    r.read_exact(&mut t)?;
+    Ok(Some(Thumb(t)))
 }
 
 #[cfg(test)]
@@ -293,6 +343,19 @@ mod tests {
 
     fn sha(s: &str) -> [u8; 32] {
         Sha256::digest(s.as_bytes()).into()
+    }
+
+    /// A fingerprint with a flat grey thumbnail of level `grey`.
+    fn fp(hash: u64, mirror: u64) -> Fingerprint {
+        grey(hash, mirror, 128)
+    }
+
+    fn grey(hash: u64, mirror: u64, level: u8) -> Fingerprint {
+        Fingerprint {
+            hash,
+            mirror,
+            thumb: Thumb([level; Thumb::BYTES]),
+        }
     }
 
     #[test]
@@ -322,7 +385,12 @@ mod tests {
             .collect();
         for (i, &h) in stored.iter().enumerate() {
             assert!(idx
-                .check_content(&sha(&i.to_string()), Some((h, !h)), None, &format!("k{i}"))
+                .check_content(
+                    &sha(&i.to_string()),
+                    Some(&fp(h, !h)),
+                    None,
+                    &format!("k{i}")
+                )
                 .is_none());
         }
         for d in [0u32, 3, 6, 8, 10] {
@@ -336,7 +404,7 @@ mod tests {
                         flipped += 1;
                     }
                 }
-                let (dist, id) = idx.nearest(&[q], d).expect("within distance");
+                let (dist, id) = idx.nearest(&fp(q, q), d).expect("within distance");
                 assert!(dist <= d);
                 if dist == d {
                     assert_eq!(idx.key(id), format!("k{i}"));
@@ -359,23 +427,23 @@ mod tests {
             Some(("000".into(), DupKind::Url))
         );
         assert_eq!(
-            idx.check_content(&sha("x"), Some((0xF0F0, 0x0F0F)), Some(4), "000"),
+            idx.check_content(&sha("x"), Some(&fp(0xF0F0, 0x0F0F)), Some(4), "000"),
             None
         );
         assert_eq!(
-            idx.check_content(&sha("x"), Some((0, 0)), Some(4), "003"),
+            idx.check_content(&sha("x"), Some(&fp(0, 0)), Some(4), "003"),
             Some(("000".into(), DupKind::Exact))
         );
         assert_eq!(
-            idx.check_content(&sha("y"), Some((0xF0F1, 1)), Some(4), "004"),
+            idx.check_content(&sha("y"), Some(&fp(0xF0F1, 1)), Some(4), "004"),
             Some(("000".into(), DupKind::Near(1)))
         );
         assert_eq!(
-            idx.check_content(&sha("z"), Some((1, 0xF0F0)), Some(4), "005"),
+            idx.check_content(&sha("z"), Some(&fp(1, 0xF0F0)), Some(4), "005"),
             Some(("000".into(), DupKind::Near(0)))
         );
         assert_eq!(
-            idx.check_content(&sha("w"), Some((u64::MAX, u64::MAX)), Some(4), "006"),
+            idx.check_content(&sha("w"), Some(&fp(u64::MAX, u64::MAX)), Some(4), "006"),
             None
         );
 
@@ -388,11 +456,86 @@ mod tests {
             Some(("ds@1/000".into(), DupKind::Url))
         );
         assert_eq!(
-            back.check_content(&sha("w"), Some((5, 5)), None, "n1"),
+            back.check_content(&sha("w"), Some(&fp(5, 5)), None, "n1"),
             Some(("ds@1/006".into(), DupKind::Exact))
         );
-        std::fs::write(&path, b"ALBEFDX1\x05").unwrap();
+        std::fs::write(&path, b"ALBEFDX2\x05").unwrap();
         assert!(DedupIndex::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_hash_match_is_a_copy_only_when_the_thumbnails_agree() {
+        let mut idx = DedupIndex::new();
+        assert_eq!(
+            idx.check_content(&sha("a"), Some(&grey(7, 7, 100)), Some(4), "a"),
+            None
+        );
+        // Another colour with the same hash: a distinct picture.
+        assert_eq!(
+            idx.check_content(&sha("b"), Some(&grey(7, 7, 160)), Some(4), "b"),
+            None
+        );
+        // Within the tolerance of a re-encoded copy.
+        assert_eq!(
+            idx.check_content(&sha("c"), Some(&grey(7 ^ 1, u64::MAX, 102)), Some(4), "c"),
+            Some(("a".into(), DupKind::Near(1)))
+        );
+        // One cell far off (a small object that differs) is a distinct picture too.
+        let mut one_cell = grey(7, 7, 100);
+        one_cell.thumb.0[..3].copy_from_slice(&[0, 0, 0]);
+        assert_eq!(
+            idx.check_content(&sha("d"), Some(&one_cell), Some(4), "d"),
+            None
+        );
+        // The mirror's hash is checked against the mirrored thumbnail.
+        let mut left = grey(0xF0, 0x0F, 100);
+        left.thumb.0[..3].copy_from_slice(&[255, 255, 255]);
+        assert_eq!(
+            idx.check_content(&sha("e"), Some(&left), Some(4), "e"),
+            None
+        );
+        let right = Fingerprint {
+            hash: 0x0F,
+            mirror: 0xF0,
+            thumb: left.thumb.mirrored(),
+        };
+        assert_eq!(
+            idx.check_content(&sha("f"), Some(&right), Some(4), "f"),
+            Some(("e".into(), DupKind::Near(0)))
+        );
+    }
+
+    #[test]
+    fn thumbnails_persist_and_format_1_indexes_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INDEX_FILE);
+        let mut idx = DedupIndex::new();
+        idx.check_content(&sha("a"), Some(&grey(7, 7, 100)), Some(4), "a");
+        idx.save(&path, "ds@1/").unwrap();
+        let mut back = DedupIndex::load(&path).unwrap();
+        assert_eq!(
+            back.check_content(&sha("b"), Some(&grey(7, 7, 160)), Some(4), "b"),
+            None
+        );
+
+        // Format 1: keys, URLs, then (sha, pHash, key id) without thumbnails.
+        let mut v1 = b"ALBEFDX1".to_vec();
+        v1.extend(1u64.to_le_bytes());
+        v1.extend(1u32.to_le_bytes());
+        v1.extend(b"k");
+        v1.extend(0u64.to_le_bytes());
+        v1.extend(1u64.to_le_bytes());
+        v1.extend(sha("k")[..8].to_vec());
+        v1.extend(7u64.to_le_bytes());
+        v1.extend(0u32.to_le_bytes());
+        std::fs::write(&path, v1).unwrap();
+        let mut old = DedupIndex::load(&path).unwrap();
+        assert_eq!(old.len(), (0, 1, 1));
+        assert_eq!(
+            old.check_content(&sha("x"), Some(&grey(7, 7, 160)), Some(4), "x"),
+            Some(("k".into(), DupKind::Near(0))),
+            "judged by its pHash alone, as when it was written"
+        );
     }
 
     #[test]
@@ -403,7 +546,7 @@ mod tests {
         }
         // Nor is a hashed picture a near duplicate of them (distance 64 matches any hash).
         assert_eq!(
-            idx.check_content(&sha("c"), Some((0, 0)), Some(64), "c"),
+            idx.check_content(&sha("c"), Some(&fp(0, 0)), Some(64), "c"),
             None
         );
         assert_eq!(
@@ -418,9 +561,14 @@ mod tests {
         let mut idx = DedupIndex::new();
         let digest = sha("bytes");
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        idx.add_existing("000", Some("http://a/1.jpg"), "t", Some((&hex, 42)));
+        idx.add_existing(
+            "000",
+            Some("http://a/1.jpg"),
+            "t",
+            Some((&hex, 42, fp(42, 42).thumb)),
+        );
         assert_eq!(
-            idx.check_content(&digest, Some((999, 999)), None, "001"),
+            idx.check_content(&digest, Some(&fp(999, 999)), None, "001"),
             Some(("000".into(), DupKind::Exact))
         );
     }

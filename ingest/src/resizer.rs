@@ -2,7 +2,7 @@
 //! The type comes from the magic bytes, never the header; decompression bombs are refused by
 //! their declared size before any pixel buffer exists; JPEGs are decoded by libjpeg-turbo at the
 //! smallest M/8 DCT scale that still covers the target size, which is most of the speed.
-use crate::phash;
+use crate::phash::{self, Fingerprint};
 use anyhow::{Context, Result};
 use fast_image_resize as fr;
 use image::metadata::Orientation;
@@ -65,9 +65,10 @@ pub struct Processed {
     pub height: u32,
     pub original_width: u32,
     pub original_height: u32,
-    /// The pHash and the pHash of the mirrored image (to find mirrored copies); `None` when the
-    /// image could not be hashed: it then takes part in exact dedupe only.
-    pub phash: Option<(u64, u64)>,
+    /// The pHash, the pHash of the mirrored image (to find mirrored copies) and the thumbnail
+    /// that confirms a match; `None` when the image could not be hashed: it then takes part in
+    /// exact dedupe only.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Why an image was not kept: `filtered` (status filtered_out) or undecodable (failed_to_decode).
@@ -153,7 +154,7 @@ pub fn process(
     times.resize += t.elapsed();
 
     let t = Instant::now();
-    let phash = phash::phash_rgb(out.as_raw(), out.width(), out.height());
+    let fingerprint = phash::fingerprint(out.as_raw(), out.width(), out.height());
     times.hash += t.elapsed();
 
     let t = Instant::now();
@@ -166,13 +167,13 @@ pub fn process(
         height: out.height(),
         original_width: original.0,
         original_height: original.1,
-        phash,
+        fingerprint,
     })
 }
 
-/// The mirrored-image pHash of a JPEG that ingest wrote, as [`process`] computed it before
-/// encoding (up to the JPEG's loss).
-pub fn stored_mirror_phash(jpg: &[u8]) -> Result<u64, String> {
+/// The fingerprint of a JPEG that ingest wrote, as [`process`] computed it before encoding (up
+/// to the JPEG's loss).
+pub fn stored_fingerprint(jpg: &[u8]) -> Result<Fingerprint, String> {
     let cfg = ImageConfig {
         mode: ResizeMode::No,
         min_size: 1,
@@ -180,8 +181,7 @@ pub fn stored_mirror_phash(jpg: &[u8]) -> Result<u64, String> {
         ..ImageConfig::default()
     };
     let (rgb, _) = decode_jpeg(jpg, &cfg).map_err(|r| r.message)?;
-    phash::phash_rgb(rgb.as_raw(), rgb.width(), rgb.height())
-        .map(|(_, mirror)| mirror)
+    phash::fingerprint(rgb.as_raw(), rgb.width(), rgb.height())
         .ok_or_else(|| "cannot hash the decoded picture".to_string())
 }
 

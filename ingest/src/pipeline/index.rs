@@ -1,10 +1,12 @@
 //! The dedupe index a run starts from: the parent version's index plus the rows of this
-//! folder's complete shards, and the message a content duplicate is reported with.
+//! folder's complete shards (their thumbnails recomputed from the stored JPEGs), and the message
+//! a content duplicate is reported with.
 use super::{IngestConfig, Lineage};
 use crate::canon::canonical;
 use crate::dedup::{DedupIndex, DupKind};
+use crate::phash::Thumb;
 use albef_dataset::{self as dataset, Status};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +42,7 @@ pub(crate) fn load_index(
         dataset::STATUS,
         dataset::SHA256,
         dataset::PHASH,
+        dataset::JPG,
     ];
     for &s in done {
         let path = dataset::parquet_path(&cfg.output, s);
@@ -47,7 +50,11 @@ pub(crate) fn load_index(
             for row in dataset::batch_rows(&batch?)? {
                 let canon = canonical(&row.url).ok();
                 let content = match (row.status, &row.sha256, row.phash) {
-                    (Some(Status::Success), Some(sha), Some(ph)) => Some((sha.as_str(), ph)),
+                    (Some(Status::Success), Some(sha), Some(ph)) => {
+                        let thumb = stored_thumb(&row)
+                            .with_context(|| format!("row {} of {}", row.key, path.display()))?;
+                        Some((sha.as_str(), ph, thumb))
+                    }
                     _ => None,
                 };
                 index.add_existing(
@@ -60,6 +67,14 @@ pub(crate) fn load_index(
         }
     }
     Ok(index)
+}
+
+/// The thumbnail of a success row's stored JPEG.
+fn stored_thumb(row: &dataset::Row) -> Result<Thumb> {
+    let jpg = row.jpg.as_deref().unwrap_or_default();
+    crate::resizer::stored_fingerprint(jpg)
+        .map(|fp| fp.thumb)
+        .map_err(|e| anyhow::anyhow!("cannot decode its JPEG: {e}; the shard is damaged"))
 }
 
 /// The `error_message` of a row whose content repeats the row `first`.

@@ -138,11 +138,11 @@ impl RowWork {
         row.height = Some(p.height as i32);
         row.original_width = Some(p.original_width as i32);
         row.original_height = Some(p.original_height as i32);
-        row.phash = p.phash.map(|(hash, _)| hash);
+        row.phash = p.fingerprint.map(|fp| fp.hash);
         let dup = self.index.as_ref().and_then(|idx| {
             idx.lock().expect("dedupe index lock").check_content(
                 sha,
-                p.phash,
+                p.fingerprint.as_ref(),
                 self.phash_distance,
                 &row.key,
             )

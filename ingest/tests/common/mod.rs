@@ -1,6 +1,8 @@
-//! Test helpers: photo-like generated images and a scripted HTTP/1.1 server on 127.0.0.1 (a real
-//! socket; each route decides status, headers and how the body is sent, stalls included).
+//! Test helpers: photo-like generated images (low-texture ones in `graphics`) and a scripted
+//! HTTP/1.1 server on 127.0.0.1 (a real socket; each route decides status, headers and how the
+//! body is sent, stalls included).
 #![allow(dead_code)]
+pub mod graphics;
 use image::{Rgb, RgbImage};
 use std::collections::HashMap;
 use std::io::Cursor;
