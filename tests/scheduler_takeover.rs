@@ -402,6 +402,101 @@ fn sigterm_stops_an_ingest_cleanly(registry: &str, dir: &Path) {
     assert_eq!(versions[0].rows, ROWS as i64);
 }
 
+/// SIGTERM to `scheduler run` in the middle of a job: the worker stops the ingest, gives the
+/// job back (QUEUED, due at once, the attempt not counted) and exits 0; another worker then
+/// runs it without waiting for a lease or a backoff.
+fn sigterm_gives_a_scheduler_job_back(registry: &str, dir: &Path) {
+    let (port, _) = slow_server(Duration::from_millis(150));
+    let list = write_list(dir, port);
+    let (list_s, out_s) = (
+        list.display().to_string(),
+        dir.join("out").display().to_string(),
+    );
+    let add = [
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--input",
+        &list_s,
+        "--output",
+        &out_s,
+        "--dataset",
+        "web",
+        "--shard-size",
+        "5",
+        "--per-host-concurrency",
+        "1",
+        "--retries",
+        "0",
+    ];
+    check(albef(registry, &add).output().unwrap(), "schedule add");
+    check(
+        albef(registry, &["schedule", "trigger", "nightly"])
+            .output()
+            .unwrap(),
+        "trigger",
+    );
+    let worker = |owner: &str, once: bool| {
+        let mut args = vec![
+            "scheduler",
+            "run",
+            "--lease-secs",
+            "30",
+            "--poll-secs",
+            "0.2",
+        ];
+        args.extend(["--owner", owner]);
+        if once {
+            args.push("--once");
+        }
+        albef(registry, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = worker("A", false);
+    let job_dir = dir.join("out").join("job-1");
+    wait_for("worker A's first shard", Duration::from_secs(60), || {
+        !complete_shards(&job_dir).is_empty()
+    });
+    sigterm(&a);
+    let stopped = Instant::now();
+    let a_out = a.wait_with_output().unwrap();
+    let a_text = String::from_utf8_lossy(&a_out.stderr).to_string();
+    assert!(a_out.status.success(), "{a_text}");
+    assert!(stopped.elapsed() < Duration::from_secs(10), "{a_text}");
+    let jobs = json_of(registry, &["schedule", "jobs", "--format", "json"]);
+    assert_eq!(jobs[0]["status"], "QUEUED", "{jobs}");
+    assert_eq!(jobs[0]["attempts"], "0/3", "{jobs}");
+    assert!(jobs[0]["runs"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("stopped by a signal"));
+
+    let started = Instant::now();
+    let b_text = check(worker("B", true).wait_with_output().unwrap(), "worker B");
+    assert!(
+        b_text.contains("1 succeeded") && b_text.contains("0 taken over"),
+        "{b_text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "B waited for a lease or a backoff"
+    );
+    let jobs = json_of(registry, &["schedule", "jobs", "--format", "json"]);
+    assert_eq!(jobs[0]["status"], "SUCCEEDED", "{jobs}");
+}
+
+#[test]
+fn sigterm_gives_a_scheduler_job_back_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    sigterm_gives_a_scheduler_job_back(&url, dir.path());
+}
+
 #[test]
 fn sigterm_stops_an_ingest_cleanly_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,9 @@
 //! or FAILED and queued again after an exponential backoff until the job's max attempts. A job
 //! whose worker died is claimed again once its lease runs out; the new attempt continues the
 //! same dataset version from the shards already committed (the ingest resumes from its complete
-//! shards and never rewrites one), and the dead attempt's run is marked LOST.
+//! shards and never rewrites one), and the dead attempt's run is marked LOST. A worker told to
+//! stop (SIGTERM, Ctrl-C) stops its ingest at once and gives the job back: QUEUED, due now, the
+//! attempt not counted.
 //!
 //! [`ingest_exclusive`] is what both `albef ingest` and the workers call: the ingest under the
 //! dataset's lock (`Registry::lock_dataset`), so two overlapping runs on one dataset (cron or a
@@ -218,6 +220,12 @@ async fn worker(
                         job = claim.job.id,
                         "job finished after another worker took it over"
                     );
+                }
+            }
+            Err(e) if stop.load(Ordering::Relaxed) => {
+                let reason = format!("stopped by a signal ({e:#}); queued again");
+                if reg.release_job(&claim, &reason).await? {
+                    tracing::warn!(job = claim.job.id, "{reason}, its attempt not counted");
                 }
             }
             Err(e) => {

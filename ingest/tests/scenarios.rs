@@ -47,6 +47,11 @@ async fn every_scenario_gets_its_status() {
             ok(jpeg(&photo(100 + i, 480, 360), 90), "image/jpeg"),
         );
     }
+    // Fetched as listed, tracking parameter included (the dedupe key drops it).
+    routes.insert(
+        "/ok/3.jpg?utm_source=x".into(),
+        ok(jpeg(&photo(103, 480, 360), 90), "image/jpeg"),
+    );
     routes.insert("/base.jpg".into(), ok(jpeg(&base, 90), "image/jpeg"));
     routes.insert("/copy-of-base".into(), ok(jpeg(&base, 90), "image/jpeg"));
     let smaller = image::imageops::resize(&base, 300, 225, image::imageops::FilterType::Triangle);
@@ -312,6 +317,12 @@ async fn every_scenario_gets_its_status() {
     assert_eq!((decoded.width(), decoded.height()), (341, 256));
     // The same canonical URL is fetched once; the 503 and the 429 were retried.
     assert_eq!(server.hits("/ok/0.jpg"), 1);
+    assert_eq!(server.hits("/ok/3.jpg?utm_source=x"), 1);
+    assert_eq!(
+        server.hits("/ok/3.jpg"),
+        0,
+        "a URL duplicate is not fetched"
+    );
     assert_eq!(server.hits("/flaky.jpg"), 2);
     assert_eq!(server.hits("/slow-down.jpg"), 2);
     assert_eq!(server.hits("/gone.jpg"), 1, "no retry on 404");

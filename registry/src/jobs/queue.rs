@@ -314,6 +314,35 @@ impl Registry {
         Ok(retry)
     }
 
+    /// Gives a claimed job back because its worker was told to stop (SIGTERM, Ctrl-C): the job
+    /// is QUEUED again, due at once, with the attempt not counted; the run is FAILED with
+    /// `reason`. False when the claim was lost, in which case nothing changes.
+    pub async fn release_job(&self, claim: &Claim, reason: &str) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let now = tx.clock_ms().await?;
+        if !still_owned(&mut tx, claim).await? {
+            return Ok(false);
+        }
+        tx.q(
+            "UPDATE ingestion_jobs SET status = 'QUEUED', run_at = $2, lease_until = NULL, \
+              attempts = attempts - 1, last_error = $3 WHERE id = $1",
+        )
+        .bind(claim.job.id)
+        .bind(now)
+        .bind(reason.to_string())
+        .execute(&mut tx)
+        .await?;
+        tx.q("UPDATE ingestion_job_runs SET status = 'FAILED', finished_at = $2, error = $3 WHERE id = $1")
+            .bind(claim.run_id)
+            .bind(now)
+            .bind(reason.to_string())
+            .execute(&mut tx)
+            .await
+            .with_context(|| format!("releasing job {}", claim.job.id))?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Fails RUNNING jobs whose lease expired with no attempts left (nobody may claim them), and
     /// marks their last run LOST; returns how many.
     pub async fn fail_exhausted(&self) -> Result<u64> {
