@@ -29,7 +29,7 @@ endif
 TEST_ENV = LD_LIBRARY_PATH="$(TORCH_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 
-.PHONY: build demo test fmt lint setup sysdeps test-sysdeps install-missing install-file-missing postgres clean
+.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres clean
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
@@ -82,6 +82,28 @@ assets/.ready:
 build: setup
 	cargo build --release --bin albef
 
+# The NCCL plugin (dist/csrc/c10d_nccl.cpp) beside the binary: on a GPU machine it is what
+# `--dist-backend nccl` loads; here the tests check that it loads and that c10d's refusal without
+# a GPU comes back as an error. Without a CUDA toolkit, the two header packages the torch wheel's
+# nvidia packages lack (crt/, libcu++) come from PyPI into the cache (19 MB).
+CUDA_HEADERS_DIR ?= $(CACHE)/cuda-headers-13.0
+CUDA_HEADERS_PKGS := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+NCCL_PLUGIN := $(dir $(ALBEF_BIN))libalbef_c10d_nccl.so
+nccl-plugin: setup
+ifeq ($(LIBTORCH),)
+	@if [ ! -e "$${CUDA_HOME:-/usr/local/cuda}/include/crt/host_config.h" ] && [ ! -e "$(CUDA_HEADERS_DIR)/.ready" ]; then \
+		echo "fetching CUDA headers for the NCCL plugin: $(CUDA_HEADERS_PKGS)"; \
+		rm -rf "$(CUDA_HEADERS_DIR)" && \
+		$(PYTHON) -m pip install -q --no-deps --target "$(CUDA_HEADERS_DIR)" $(CUDA_HEADERS_PKGS) && \
+		touch "$(CUDA_HEADERS_DIR)/.ready"; \
+	fi
+	@[ "$(NCCL_PLUGIN)" -nt dist/csrc/c10d_nccl.cpp ] || \
+		CXXFLAGS="-isystem $(CUDA_HEADERS_DIR)/nvidia/cu13/include" PYTHON="$(TORCH_VENV)/bin/python" \
+		scripts/build-nccl-plugin "$(NCCL_PLUGIN)"
+else
+	@echo "LIBTORCH is set: build the NCCL plugin with PYTHON=<its torch> scripts/build-nccl-plugin"
+endif
+
 demo: build
 	$(ALBEF_BIN) pipeline --config configs/demo.toml
 
@@ -91,7 +113,7 @@ postgres:
 
 # The tests run the binary cargo builds for them (CARGO_BIN_EXE_albef, with the test build's
 # features), so no separate `cargo build --bin albef` compiles the dependencies a second time.
-test: setup test-sysdeps postgres
+test: setup test-sysdeps postgres nccl-plugin
 	$(TEST_ENV) cargo test --release --workspace
 
 fmt:

@@ -1,4 +1,5 @@
-// c10d_shim.cpp: a C ABI over libtorch's c10d (TCPStore, ProcessGroupGloo) for albef-dist.
+// c10d_shim.cpp: a C ABI over libtorch's c10d (TCPStore, ProcessGroupGloo, and ProcessGroupNCCL
+// through a plugin) for albef-dist.
 //
 // Why it exists: tch binds ATen but not torch.distributed; c10d itself is compiled into the
 // libtorch_cpu.so that tch already links, and its headers ship with libtorch. This file is the
@@ -10,13 +11,22 @@
 // abort the process). The Rust side (src/ffi.rs, src/group.rs) turns messages into errors.
 //
 // Collectives are synchronous here: each call waits for its Work, so the Rust caller sees
-// c10d's error at the call that failed. The group's timeout bounds every wait.
+// c10d's error at the call that failed. The group's timeout bounds every wait. (On NCCL, waiting
+// for a Work makes the caller's CUDA stream wait for the collective, not the CPU: the kernels
+// that follow are ordered after it, and the host runs ahead, as under torch.distributed.)
+//
+// NCCL is not compiled into this file: ProcessGroupNCCL.hpp needs the CUDA toolkit's headers.
+// `c10d_nccl_new` loads csrc/c10d_nccl.cpp, built as a shared library on a machine that has them
+// (scripts/build-nccl-plugin), with dlopen, the way libtorch_cuda.so itself is only loaded when a
+// CUDA device is first asked for. Both groups are held as the common base class c10d::Backend,
+// so every collective below serves either.
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -33,7 +43,7 @@
 namespace {
 
 using StorePtr = c10::intrusive_ptr<c10d::Store>;
-using GroupPtr = c10::intrusive_ptr<c10d::ProcessGroupGloo>;
+using GroupPtr = c10::intrusive_ptr<c10d::Backend>;
 
 char* owned(const std::string& s) { return strdup(s.c_str()); }
 
@@ -158,22 +168,49 @@ char* c10d_store_get(void* store, const char* key, char** value) {
   });
 }
 
-// A Gloo process group over `store`. `hostname` picks the interface ("" for Gloo's default: this
-// machine's hostname, else loopback). `addresses` receives the local addresses of the group's
-// sockets (see addresses_since; "" when none were found); the caller frees it.
+// A Gloo process group over `store`, listening on `interface`'s address when it is not empty,
+// else on `hostname` (an address literal or a name). `addresses` receives the local addresses of
+// the group's sockets (see addresses_since; "" when none were found); the caller frees it.
 char* c10d_gloo_new(void* store, int rank, int size, int64_t timeout_ms, const char* hostname,
-                    void** out, char** addresses) {
+                    const char* interface, void** out, char** addresses) {
   return guarded([&] {
     auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
     std::map<int, ino_t> before = tcp_sockets();
-    opts->devices.push_back(*hostname == '\0'
-                                ? c10d::ProcessGroupGloo::createDefaultDevice()
+    opts->devices.push_back(*interface != '\0'
+                                ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
                                 : c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
     // The constructor connects every pair of ranks (a full mesh) before it returns.
     GroupPtr group = c10::make_intrusive<c10d::ProcessGroupGloo>(
         *static_cast<StorePtr*>(store), rank, size, opts);
     *addresses = owned(addresses_since(before));
     *out = new GroupPtr(std::move(group));
+  });
+}
+
+// The plugin's entry point (csrc/c10d_nccl.cpp): an NCCL group over `store` (a StorePtr*) bound
+// to CUDA device `device`, returned in `out` as a GroupPtr*; NULL or an error message.
+using NcclNew = char* (*)(void* store, int rank, int size, int64_t timeout_ms, int device,
+                          void** out);
+
+// An NCCL process group, made by the plugin at `plugin` (a shared library built from
+// csrc/c10d_nccl.cpp against this libtorch). The library stays loaded for the process's life.
+char* c10d_nccl_new(const char* plugin, void* store, int rank, int size, int64_t timeout_ms,
+                    int device, void** out) {
+  return guarded([&] {
+    void* library = dlopen(plugin, RTLD_NOW | RTLD_GLOBAL);
+    if (library == nullptr) {
+      throw std::runtime_error(std::string("cannot load the NCCL plugin: ") + dlerror());
+    }
+    auto make = reinterpret_cast<NcclNew>(dlsym(library, "albef_c10d_nccl_new"));
+    if (make == nullptr) {
+      throw std::runtime_error(std::string(plugin) + " has no albef_c10d_nccl_new: not an "
+                               "albef NCCL plugin");
+    }
+    if (char* err = make(store, rank, size, timeout_ms, device, out)) {
+      std::string message(err);
+      free(err);
+      throw std::runtime_error(message);
+    }
   });
 }
 

@@ -1,7 +1,8 @@
-//! The collective backends a process group can run on, and which of them this build has.
+//! The collective backends a process group can run on, and where NCCL's plugin is found.
+use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// c10d's backends: NCCL for CUDA tensors, Gloo for CPU tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,12 +11,31 @@ pub enum Backend {
     Nccl,
 }
 
-/// Why `Backend::Nccl` fails in this build.
-pub(crate) const NCCL_NOT_COMPILED: &str = "NCCL support is not compiled in; the c10d shim \
-    (dist/csrc/c10d_shim.cpp) needs -DUSE_C10D_NCCL, nccl.h (the torch wheel's \
-    nvidia/nccl/include) and the CUDA toolkit headers to include ProcessGroupNCCL.hpp, and this \
-    machine has no CUDA toolkit; use the gloo backend (it also moves CUDA tensors, through host \
-    memory)";
+/// The NCCL plugin's file name: beside the binary unless `ALBEF_NCCL_PLUGIN` names another.
+pub const NCCL_PLUGIN_FILE: &str = "libalbef_c10d_nccl.so";
+/// The variable that names the NCCL plugin's path.
+pub const NCCL_PLUGIN_VAR: &str = "ALBEF_NCCL_PLUGIN";
+
+/// The NCCL plugin (csrc/c10d_nccl.cpp built by scripts/build-nccl-plugin): `ALBEF_NCCL_PLUGIN`,
+/// else `libalbef_c10d_nccl.so` beside the running binary. An error says how to get one.
+pub(crate) fn nccl_plugin() -> Result<String> {
+    let path = match std::env::var_os(NCCL_PLUGIN_VAR) {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .context("finding the running binary's folder, where the NCCL plugin is looked for")?
+            .with_file_name(NCCL_PLUGIN_FILE),
+    };
+    if !path.is_file() {
+        bail!(
+            "the NCCL backend needs the plugin {NCCL_PLUGIN_FILE}, not found at {}: build it on \
+             a machine with the CUDA toolkit with scripts/build-nccl-plugin (it lands beside the \
+             albef binary) or set {NCCL_PLUGIN_VAR} to its path; or use --dist-backend gloo, \
+             which also moves CUDA tensors (through host memory)",
+            path.display()
+        );
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
 
 impl Backend {
     /// The backend PyTorch picks for tensors on `device`: NCCL on CUDA, Gloo on the CPU.

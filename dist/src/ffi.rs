@@ -1,5 +1,6 @@
-//! The Rust face of `csrc/c10d_shim.cpp`: owned handles to a c10d store and a Gloo process
-//! group, freed on drop, whose calls return c10d's error message as a `String`.
+//! The Rust face of `csrc/c10d_shim.cpp`: owned handles to a c10d store and a process group
+//! (Gloo, or NCCL through the plugin), freed on drop, whose calls return c10d's error message as
+//! a `String`.
 //!
 //! Only `group.rs` uses this module; it turns the raw messages into errors that say which rank
 //! is gone (see `fault.rs`). Tensors cross as tch's `C_tensor` pointers, which are `at::Tensor*`
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+use crate::interface::GlooDevice;
 
 extern "C" {
     fn c10d_string_free(s: *mut c_char);
@@ -36,8 +39,18 @@ extern "C" {
         size: c_int,
         timeout_ms: i64,
         hostname: *const c_char,
+        interface: *const c_char,
         out: *mut *mut c_void,
         addresses: *mut *mut c_char,
+    ) -> *mut c_char;
+    fn c10d_nccl_new(
+        plugin: *const c_char,
+        store: *mut c_void,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        device: c_int,
+        out: *mut *mut c_void,
     ) -> *mut c_char;
     fn c10d_group_free(group: *mut c_void);
     fn c10d_allreduce(
@@ -147,27 +160,34 @@ impl Drop for Store {
     }
 }
 
-/// A c10d ProcessGroupGloo. Its calls wait for the collective to finish.
-pub(crate) struct Gloo(NonNull<c_void>);
+/// A c10d process group (ProcessGroupGloo or ProcessGroupNCCL). Its calls wait for the
+/// collective to finish (on NCCL: the caller's CUDA stream waits, see the shim).
+pub(crate) struct Group(NonNull<c_void>);
 
 // SAFETY: c10d process groups are thread-safe (torch.distributed calls them from any thread);
 // the handle is only an owning pointer.
-unsafe impl Send for Gloo {}
+unsafe impl Send for Group {}
 unsafe impl Send for Store {}
 
-impl Gloo {
-    /// The group, and the local addresses of its sockets, space-separated: how its peers see this
+fn c_int_of(n: usize) -> Result<c_int, String> {
+    c_int::try_from(n).map_err(|e| e.to_string())
+}
+
+impl Group {
+    /// A Gloo group, and the local addresses of its sockets, space-separated: how its peers see this
     /// rank ("" when none were found).
-    pub(crate) fn new(
+    pub(crate) fn gloo(
         store: &Store,
         rank: usize,
         size: usize,
         timeout: Duration,
-        hostname: &str,
+        device: &GlooDevice,
     ) -> Result<(Self, String), String> {
-        let hostname = c_string(hostname)?;
-        let rank = c_int::try_from(rank).map_err(|e| e.to_string())?;
-        let size = c_int::try_from(size).map_err(|e| e.to_string())?;
+        let (hostname, interface) = match device {
+            GlooDevice::Host(host) => (c_string(host)?, c_string("")?),
+            GlooDevice::Interface(name) => (c_string("")?, c_string(name)?),
+        };
+        let (rank, size) = (c_int_of(rank)?, c_int_of(size)?);
         let (mut out, mut addresses) = (ptr::null_mut(), ptr::null_mut());
         // SAFETY: live store handle, valid C string; both outputs are set on success.
         check(unsafe {
@@ -177,15 +197,44 @@ impl Gloo {
                 size,
                 millis(timeout),
                 hostname.as_ptr(),
+                interface.as_ptr(),
                 &mut out,
                 &mut addresses,
             )
         })?;
         let addresses = unsafe { take_string(addresses) };
         Ok((
-            Gloo(NonNull::new(out).expect("c10d_gloo_new succeeded")),
+            Group(NonNull::new(out).expect("c10d_gloo_new succeeded")),
             addresses,
         ))
+    }
+
+    /// An NCCL group bound to CUDA device `device`, made by the plugin library at `plugin`
+    /// (built from `csrc/c10d_nccl.cpp`).
+    pub(crate) fn nccl(
+        plugin: &str,
+        store: &Store,
+        rank: usize,
+        size: usize,
+        timeout: Duration,
+        device: usize,
+    ) -> Result<Self, String> {
+        let plugin = c_string(plugin)?;
+        let (rank, size, device) = (c_int_of(rank)?, c_int_of(size)?, c_int_of(device)?);
+        let mut out = ptr::null_mut();
+        // SAFETY: live store handle, valid C string; `out` is set on success.
+        check(unsafe {
+            c10d_nccl_new(
+                plugin.as_ptr(),
+                store.0.as_ptr(),
+                rank,
+                size,
+                millis(timeout),
+                device,
+                &mut out,
+            )
+        })?;
+        Ok(Group(NonNull::new(out).expect("c10d_nccl_new succeeded")))
     }
 
     pub(crate) fn all_reduce(&self, tensors: &mut [Tensor], op: ReduceOp) -> Result<(), String> {
@@ -197,7 +246,7 @@ impl Gloo {
     }
 
     pub(crate) fn broadcast(&self, tensors: &mut [Tensor], root: usize) -> Result<(), String> {
-        let root = c_int::try_from(root).map_err(|e| e.to_string())?;
+        let root = c_int_of(root)?;
         let mut ptrs: Vec<*mut C_tensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
         // SAFETY: as in all_reduce.
         check(unsafe { c10d_broadcast(self.0.as_ptr(), ptrs.as_mut_ptr(), ptrs.len(), root) })
@@ -221,9 +270,9 @@ impl Gloo {
     }
 }
 
-impl Drop for Gloo {
+impl Drop for Group {
     fn drop(&mut self) {
-        // SAFETY: the handle came from c10d_gloo_new and is freed once.
+        // SAFETY: the handle came from c10d_gloo_new or c10d_nccl_new and is freed once.
         unsafe { c10d_group_free(self.0.as_ptr()) }
     }
 }

@@ -1,14 +1,15 @@
 //! `ProcessGroup`: the collectives data-parallel training needs (mean of gradients, broadcast of
-//! the initial state, gather of the queues), over a c10d Gloo group.
+//! the initial state, gather of the queues), over a c10d Gloo or NCCL group.
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tch::Tensor;
 
-use crate::backend::{Backend, NCCL_NOT_COMPILED};
+use crate::backend::{nccl_plugin, Backend};
 use crate::bucket::{buckets, with_flat};
 use crate::fault::collective_error;
-use crate::ffi::{Gloo, ReduceOp, Store};
+use crate::ffi::{Group, ReduceOp, Store};
+use crate::interface::{gloo_device, GLOO_SOCKET_IFNAME};
 use crate::world::World;
 
 /// How long a collective waits for its peers before it fails (c10d's own default is 30 min).
@@ -25,11 +26,12 @@ fn address_key(rank: usize) -> String {
 /// finished on this rank; a dead or absent peer makes it fail within the timeout.
 pub struct ProcessGroup {
     // Declared before `_store` so that the group is dropped first.
-    gloo: Gloo,
+    group: Group,
     _store: Store,
     rank: usize,
     world_size: usize,
-    /// Rank r's Gloo socket addresses, to name a rank from a "connection closed" error.
+    /// Rank r's Gloo socket addresses, to name a rank from a "connection closed" error (empty
+    /// on NCCL, whose errors name ranks themselves).
     peers: Vec<String>,
     timeout: Duration,
     bucket_bytes: usize,
@@ -37,12 +39,15 @@ pub struct ProcessGroup {
 
 impl ProcessGroup {
     /// Joins the group: connects to (or, on rank 0, serves) the TCPStore at the world's master
-    /// address, then sets up Gloo's connections between all ranks. `timeout` bounds both the
-    /// meeting and every later collective.
+    /// address, then sets up the backend: Gloo connects all ranks at once; NCCL (bound to the
+    /// GPU `LOCAL_RANK` names) makes its communicator at the first collective. `timeout` bounds
+    /// both the meeting and every later collective.
     pub fn new(world: &World, backend: Backend, timeout: Duration) -> Result<ProcessGroup> {
-        if backend == Backend::Nccl {
-            bail!(NCCL_NOT_COMPILED);
-        }
+        // Before the store: a missing plugin is this rank's own problem, not the world's.
+        let plugin = match backend {
+            Backend::Nccl => Some(nccl_plugin()?),
+            Backend::Gloo => None,
+        };
         let (addr, port) = (&world.master_addr, world.master_port);
         let prefix = world.store_prefix();
         let store = Store::connect(
@@ -55,20 +60,12 @@ impl ProcessGroup {
         )
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("connecting to the c10d store at {addr}:{port}"))?;
-        let (gloo, addresses) = Gloo::new(
-            &store,
-            world.rank,
-            world.world_size,
-            timeout,
-            &gloo_hostname(addr),
-        )
-        .map_err(anyhow::Error::msg)
-        .context("setting up the Gloo process group")?;
-        let peers = exchange_addresses(&store, world, &addresses)
-            .map_err(anyhow::Error::msg)
-            .context("exchanging Gloo addresses through the c10d store")?;
+        let (group, peers) = match plugin {
+            Some(plugin) => (nccl(&plugin, &store, world, timeout)?, Vec::new()),
+            None => gloo(&store, world, timeout)?,
+        };
         Ok(ProcessGroup {
-            gloo,
+            group,
             _store: store,
             rank: world.rank,
             world_size: world.world_size,
@@ -106,7 +103,7 @@ impl ProcessGroup {
     fn all_reduce(&self, tensors: &mut [Tensor], op: ReduceOp, name: &str) -> Result<()> {
         for range in buckets(tensors, self.bucket_bytes) {
             with_flat(&mut tensors[range], |flat| {
-                self.gloo.all_reduce(std::slice::from_mut(flat), op)
+                self.group.all_reduce(std::slice::from_mut(flat), op)
             })
             .map_err(|message| self.error(name, &message))?;
         }
@@ -123,7 +120,7 @@ impl ProcessGroup {
         }
         for range in buckets(tensors, self.bucket_bytes) {
             with_flat(&mut tensors[range], |flat| {
-                self.gloo.broadcast(std::slice::from_mut(flat), root)
+                self.group.broadcast(std::slice::from_mut(flat), root)
             })
             .map_err(|message| self.error("broadcast", &message))?;
         }
@@ -141,7 +138,7 @@ impl ProcessGroup {
         let mut size = input.size();
         size[0] *= self.world_size as i64;
         let mut output = Tensor::empty(size, (input.kind(), input.device()));
-        self.gloo
+        self.group
             .all_gather(&mut output, &input)
             .map_err(|message| self.error("all_gather", &message))?;
         Ok(output)
@@ -149,7 +146,7 @@ impl ProcessGroup {
 
     /// Returns when every rank has called it.
     pub fn barrier(&self) -> Result<()> {
-        self.gloo
+        self.group
             .barrier()
             .map_err(|message| self.error("barrier", &message))
     }
@@ -159,15 +156,39 @@ impl ProcessGroup {
     }
 }
 
-/// Gloo's interface: loopback when the ranks meet on loopback (one machine, whatever this
-/// machine's hostname resolves to); else, as PyTorch does, the address this machine's hostname
-/// resolves to ("" asks Gloo for that).
-fn gloo_hostname(master_addr: &str) -> String {
-    let loopback = master_addr == "localhost"
-        || master_addr
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback { "127.0.0.1" } else { "" }.to_owned()
+/// A Gloo group over `store`, and every rank's socket addresses (see `ProcessGroup::peers`).
+fn gloo(store: &Store, world: &World, timeout: Duration) -> Result<(Group, Vec<String>)> {
+    let (group, addresses) = Group::gloo(
+        store,
+        world.rank,
+        world.world_size,
+        timeout,
+        &gloo_device(
+            &world.master_addr,
+            world.master_port,
+            std::env::var(GLOO_SOCKET_IFNAME).ok(),
+        )?,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("setting up the Gloo process group")?;
+    let peers = exchange_addresses(store, world, &addresses)
+        .map_err(anyhow::Error::msg)
+        .context("exchanging Gloo addresses through the c10d store")?;
+    Ok((group, peers))
+}
+
+/// An NCCL group over `store`, bound to CUDA device `LOCAL_RANK`.
+fn nccl(plugin: &str, store: &Store, world: &World, timeout: Duration) -> Result<Group> {
+    Group::nccl(
+        plugin,
+        store,
+        world.rank,
+        world.world_size,
+        timeout,
+        world.local_rank,
+    )
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("setting up the NCCL process group (plugin {plugin})"))
 }
 
 /// Publishes this rank's Gloo socket addresses and reads every rank's, indexed by rank. Each

@@ -7,11 +7,13 @@
 //!   Slurm: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT`).
 //!   No such variables: `None`, and the caller runs alone as before.
 //! - [`ProcessGroup`] joins the ranks: a c10d `TCPStore` at the master address (served by rank 0,
-//!   or by torchrun's agent when it says so), then a `ProcessGroupGloo` over it. Its collectives:
+//!   or by torchrun's agent when it says so), then a `ProcessGroupGloo` or `ProcessGroupNCCL`
+//!   over it. Its collectives:
 //!   [`ProcessGroup::all_reduce_mean`] (gradients), [`ProcessGroup::broadcast`] (the initial
 //!   state), [`ProcessGroup::all_gather`] (the queues' features), [`ProcessGroup::barrier`].
-//! - [`Backend`]: Gloo is compiled in; NCCL is not yet (it needs the CUDA toolkit headers), and
-//!   asking for it is an error that says what is missing.
+//! - [`Backend`]: Gloo is compiled in. NCCL comes as a plugin, `libalbef_c10d_nccl.so`
+//!   (`csrc/c10d_nccl.cpp`, built by `scripts/build-nccl-plugin` where the CUDA toolkit's headers
+//!   are), loaded with dlopen when a group asks for NCCL; without it the error says how to get it.
 //!
 //! # The shim
 //! tch binds no `torch.distributed`, so `csrc/c10d_shim.cpp` (compiled by `build.rs` against
@@ -19,7 +21,10 @@
 //! over tch's tensor pointers (`at::Tensor*`) and opaque store and group handles. Each waits for
 //! its collective, catches every C++ exception (Gloo's I/O errors are plain
 //! `std::runtime_error`s) and hands the message back as a string; `ffi.rs` owns the handles and
-//! frees them on drop. Nothing in the shim aborts the process.
+//! frees them on drop. Nothing in the shim aborts the process. (NCCL's own watchdog thread does:
+//! a collective that outlives the timeout on the GPU ends the process after logging which one,
+//! as under torch.distributed; `TORCH_NCCL_BLOCKING_WAIT=1` turns that into an error at the
+//! waiting call, at the price of the host waiting for every collective.)
 //!
 //! # Buckets, and what overlaps
 //! `all_reduce_mean` and `broadcast` flatten consecutive tensors of one kind and device into
@@ -41,8 +46,9 @@ mod bucket;
 mod fault;
 mod ffi;
 mod group;
+mod interface;
 mod world;
 
-pub use backend::Backend;
+pub use backend::{Backend, NCCL_PLUGIN_FILE, NCCL_PLUGIN_VAR};
 pub use group::{ProcessGroup, DEFAULT_BUCKET_BYTES, DEFAULT_TIMEOUT};
 pub use world::{Launcher, World};

@@ -5,7 +5,10 @@
 //!     torchrun --nproc-per-node 2 --no-python albef-dist-check
 //!     srun albef-dist-check          # with MASTER_ADDR and MASTER_PORT exported
 //!
-//! Options: `--timeout-s N` (collective timeout, default 300), `--bucket-bytes N` (default 4096,
+//!     torchrun --nproc-per-node 8 --no-python albef-dist-check --backend nccl --device cuda
+//!
+//! Options: `--backend gloo|nccl` (default gloo), `--device cpu|cuda` (where the tensors live;
+//! `cuda` is the GPU `LOCAL_RANK` names), `--timeout-s N` (collective timeout, default 300), `--bucket-bytes N` (default 4096,
 //! so that the test tensors span several buckets), `--out DIR` (writes `rank{R}.ot` with the
 //! inputs and results, for the crate's tests), `--stall-rank R` (rank R stops before the last
 //! all-reduce and sleeps: how the tests make a rank absent or kill it mid-collective).
@@ -17,6 +20,8 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 struct Options {
+    backend: Backend,
+    device: Device,
     timeout: Duration,
     bucket_bytes: usize,
     out: Option<PathBuf>,
@@ -25,6 +30,8 @@ struct Options {
 
 fn parse_args() -> Result<Options> {
     let mut options = Options {
+        backend: Backend::Gloo,
+        device: Device::Cpu,
         timeout: albef_dist::DEFAULT_TIMEOUT,
         bucket_bytes: 4096,
         out: None,
@@ -41,6 +48,8 @@ fn parse_args() -> Result<Options> {
                 .with_context(|| format!("{flag} {value:?}"))
         };
         match flag.as_str() {
+            "--backend" => options.backend = value.parse()?,
+            "--device" => options.device = device(&value)?,
             "--timeout-s" => options.timeout = Duration::from_secs(number()?),
             "--bucket-bytes" => options.bucket_bytes = number()? as usize,
             "--out" => options.out = Some(PathBuf::from(&value)),
@@ -51,10 +60,20 @@ fn parse_args() -> Result<Options> {
     Ok(options)
 }
 
-/// Rank `rank`'s test tensors: several shapes, two kinds, more than one bucket of 4 KiB.
-fn inputs(rank: usize) -> Vec<Tensor> {
+/// `cpu`, or `cuda` (the GPU `LOCAL_RANK` names; resolved in `main`).
+fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => bail!("--device {name:?}: expected cpu or cuda"),
+    }
+}
+
+/// Rank `rank`'s test tensors on `device`: several shapes, two kinds, more than one bucket of
+/// 4 KiB. Drawn on the CPU, so that every rank can recompute every other rank's.
+fn inputs(rank: usize, device: Device) -> Vec<Tensor> {
     tch::manual_seed(1000 + rank as i64);
-    let f = |shape: &[i64], kind| Tensor::randn(shape, (kind, Device::Cpu));
+    let f = |shape: &[i64], kind| Tensor::randn(shape, (kind, Device::Cpu)).to_device(device);
     vec![
         f(&[37], Kind::Float),
         f(&[64, 33], Kind::Float),
@@ -92,9 +111,9 @@ fn check_identical(group: &ProcessGroup, tensors: &[Tensor], what: &str) -> Resu
 }
 
 /// Runs every collective and checks it; returns the tensors to save.
-fn check_collectives(group: &ProcessGroup) -> Result<Vec<(String, Tensor)>> {
+fn check_collectives(group: &ProcessGroup, device: Device) -> Result<Vec<(String, Tensor)>> {
     let (rank, size) = (group.rank(), group.world_size());
-    let all: Vec<Vec<Tensor>> = (0..size).map(inputs).collect();
+    let all: Vec<Vec<Tensor>> = (0..size).map(|r| inputs(r, device)).collect();
     let mine = copies(&all[rank]);
 
     let mut mean = copies(&mine);
@@ -143,24 +162,33 @@ fn main() -> Result<()> {
     let world = World::from_env()?
         .context("no launcher variables (RANK and WORLD_SIZE, or SLURM_PROCID and SLURM_NTASKS): run under torchrun or srun")?;
     let start = Instant::now();
-    let group = ProcessGroup::new(&world, Backend::Gloo, options.timeout)?
+    let device = match options.device {
+        Device::Cuda(_) => Device::Cuda(world.local_rank),
+        cpu => cpu,
+    };
+    let group = ProcessGroup::new(&world, options.backend, options.timeout)?
         .with_bucket_bytes(options.bucket_bytes);
-    let saved = check_collectives(&group)?;
+    let saved = check_collectives(&group, device)?;
     if let Some(dir) = &options.out {
+        let saved: Vec<_> = saved
+            .into_iter()
+            .map(|(k, t)| (k, t.to_device(Device::Cpu)))
+            .collect();
         Tensor::save_multi(&saved, dir.join(format!("rank{}.ot", world.rank)))?;
     }
     println!(
-        "rank {} of {}: all_reduce_mean, broadcast, all_gather, barrier ok in {:.2?}",
+        "rank {} of {}: all_reduce_mean, broadcast, all_gather, barrier ok in {:.2?} ({:?} on {device:?})",
         world.rank,
         world.world_size,
-        start.elapsed()
+        start.elapsed(),
+        options.backend
     );
     if options.stall_rank == Some(world.rank) {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let mut last = vec![Tensor::ones([1], (Kind::Float, Device::Cpu))];
+    let mut last = vec![Tensor::ones([1], (Kind::Float, device))];
     group.all_reduce_sum(&mut last)?;
     ensure!(
         last[0].double_value(&[0]) == world.world_size as f64,

@@ -23,15 +23,43 @@ pub struct Rank {
 }
 
 pub fn spawn_rank(rank: usize, world_size: usize, port: u16, args: &[&str]) -> Rank {
-    let mut child = Command::new(CHECK)
-        .args(args)
+    spawn_rank_with(rank, world_size, port, args, &[])
+}
+
+/// `spawn_rank` with more environment variables.
+pub fn spawn_rank_with(
+    rank: usize,
+    world_size: usize,
+    port: u16,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Rank {
+    let mut command = Command::new(CHECK);
+    command.args(args).envs(envs.iter().copied());
+    spawn(rank_env(&mut command, rank, world_size, "127.0.0.1", port))
+}
+
+/// Sets torchrun's variables for `rank` on `command`.
+pub fn rank_env<'a>(
+    command: &'a mut Command,
+    rank: usize,
+    world_size: usize,
+    master_addr: &str,
+    port: u16,
+) -> &'a mut Command {
+    command
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", world_size.to_string())
         .env("LOCAL_RANK", rank.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_ADDR", master_addr)
         .env("MASTER_PORT", port.to_string())
         .env("OMP_NUM_THREADS", "1")
         .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+}
+
+/// Starts `command` with its output captured line by line.
+pub fn spawn(command: &mut Command) -> Rank {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

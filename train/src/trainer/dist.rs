@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tch::{nn, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// This process's place in a data-parallel run and its process group.
 pub struct Dist {
@@ -35,6 +35,8 @@ pub struct Dist {
     rank: usize,
     world_size: usize,
     local_rank: usize,
+    /// Where the loop's own small tensors (ids) go: NCCL moves only CUDA tensors.
+    device: Device,
 }
 
 impl fmt::Debug for Dist {
@@ -64,6 +66,10 @@ impl Dist {
             rank: group.rank(),
             world_size: group.world_size(),
             local_rank: world.local_rank,
+            device: match backend {
+                Backend::Nccl => Device::Cuda(world.local_rank),
+                Backend::Gloo => Device::Cpu,
+            },
             group: Mutex::new(group),
         }))
     }
@@ -111,7 +117,7 @@ impl Dist {
 
     /// Rank 0's `value` on every rank (a run or checkpoint id only rank 0 knows).
     pub fn broadcast_i64(&self, value: i64) -> Result<i64> {
-        let mut t = [Tensor::from_slice(&[value])];
+        let mut t = [Tensor::from_slice(&[value]).to_device(self.device)];
         self.group()
             .broadcast(&mut t, 0)
             .context("receiving a registry id from rank 0")?;
