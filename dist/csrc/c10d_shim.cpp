@@ -24,6 +24,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -36,6 +38,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -243,6 +247,212 @@ char* c10d_allgather(void* group, at::Tensor* output, at::Tensor* input) {
 
 char* c10d_barrier(void* group) {
   return guarded([&] { (*static_cast<GroupPtr*>(group))->barrier()->wait(); });
+}
+
+}  // extern "C"
+
+// ---------------------------------------------------------------------------------------------
+// The overlapping reducer: DDP's gradient averaging that starts while backward still runs.
+//
+// Each parameter gets a post-accumulate-grad hook (libtorch's autograd calls it on the thread
+// that accumulated the gradient, as soon as that parameter's .grad holds this backward's sum).
+// Parameters are grouped into buckets in the order their gradients become ready; when every
+// gradient of a bucket is ready and every earlier bucket has been launched, the bucket's
+// gradients are copied into one flat tensor and its all-reduce (AVG) is started without waiting:
+// Gloo runs it on its own threads, NCCL on its own CUDA stream, while autograd computes the
+// gradients of earlier layers. `finish` waits for every bucket in order and writes the means
+// back into the .grad tensors. Launching in bucket order keeps every rank's collectives in the
+// same sequence.
+//
+// The readiness order is learned on the first armed backward: that step only records it (and
+// reduces every bucket at `finish`, without overlap); rank 0's order is then broadcast, so every
+// rank builds the same buckets. Only an armed backward (the last micro-batch of a step) reduces;
+// the hooks of the others return at once. A parameter whose hook did not fire (no gradient this
+// step) is reduced at `finish` with its accumulated .grad, or zeros.
+namespace {
+
+struct Reducer {
+  GroupPtr group;
+  std::vector<at::Tensor> params;
+  int64_t bucket_bytes = 0;
+  std::mutex mu;
+  bool armed = false;
+  std::vector<int64_t> seen;                 // readiness order observed (first armed step)
+  std::vector<std::vector<int64_t>> buckets;  // parameter indices, launch order
+  std::vector<int64_t> bucket_of;
+  std::vector<int64_t> pending;  // per bucket: gradients not ready yet
+  size_t next = 0;               // the next bucket to launch
+  int64_t early = 0;             // buckets launched from a hook (during backward) this step
+  int64_t last_early = 0;        // the same, for the last finished step
+  std::vector<at::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::string error;
+
+  void ready(int64_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!armed || !error.empty()) return;
+    if (buckets.empty()) {
+      seen.push_back(i);
+      return;
+    }
+    if (--pending[bucket_of[i]] == 0) launch_ready();
+  }
+
+  void launch_ready() {
+    while (next < buckets.size() && pending[next] == 0) {
+      launch(next++);
+      early++;
+    }
+  }
+
+  void launch(size_t b) {
+    try {
+      std::vector<at::Tensor> grads;
+      for (int64_t i : buckets[b]) {
+        const at::Tensor& g = params[i].grad();
+        grads.push_back((g.defined() ? g : at::zeros_like(params[i])).reshape({-1}));
+      }
+      flats[b] = at::cat(grads);
+      std::vector<at::Tensor> list{flats[b]};
+      c10d::AllreduceOptions opts;
+      opts.reduceOp = c10d::ReduceOp::AVG;
+      works[b] = group->allreduce(list, opts);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+
+  // Buckets over `order` (every parameter once): consecutive parameters of one dtype and
+  // device, at most bucket_bytes each (1 MB for the first, as DDP, so communication starts early).
+  void build(const std::vector<int64_t>& order) {
+    int64_t cap = std::min<int64_t>(bucket_bytes, 1 << 20), bytes = 0;
+    bucket_of.assign(params.size(), 0);
+    for (int64_t i : order) {
+      const at::Tensor& p = params[i];
+      int64_t size = p.numel() * p.element_size();
+      bool fits = !buckets.empty() && bytes + size <= cap &&
+                  params[buckets.back().front()].scalar_type() == p.scalar_type() &&
+                  params[buckets.back().front()].device() == p.device();
+      if (!fits) {
+        if (!buckets.empty()) cap = bucket_bytes;
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().push_back(i);
+      bucket_of[i] = static_cast<int64_t>(buckets.size()) - 1;
+      bytes += size;
+    }
+    flats.assign(buckets.size(), at::Tensor());
+    works.assign(buckets.size(), {});
+  }
+
+  // Rank 0's readiness order, with the parameters it never saw appended in index order.
+  std::vector<int64_t> agreed_order() {
+    std::vector<int64_t> order = seen;
+    std::vector<bool> in(params.size(), false);
+    for (int64_t i : order) in[i] = true;
+    for (size_t i = 0; i < params.size(); i++)
+      if (!in[i]) order.push_back(static_cast<int64_t>(i));
+    at::Tensor t = at::tensor(order, at::kLong).to(params.front().device());
+    std::vector<at::Tensor> list{t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = 0;
+    group->broadcast(list, opts)->wait();
+    t = t.cpu();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  }
+
+  void finish() {
+    std::lock_guard<std::mutex> lock(mu);
+    armed = false;
+    if (buckets.empty()) build(agreed_order());
+    // What did not launch during backward (the first step, parameters without a gradient).
+    while (next < buckets.size() && error.empty()) launch(next++);
+    for (auto& work : works)
+      if (work) work->wait();
+    if (!error.empty()) throw std::runtime_error(error);
+    for (size_t b = 0; b < buckets.size(); b++) {
+      int64_t offset = 0;
+      for (int64_t i : buckets[b]) {
+        at::Tensor& p = params[i];
+        at::Tensor mean = flats[b].narrow(0, offset, p.numel()).view(p.sizes());
+        offset += p.numel();
+        if (p.grad().defined()) {
+          p.mutable_grad().copy_(mean);
+        } else {
+          p.mutable_grad() = mean.clone();
+        }
+      }
+    }
+    reset();
+  }
+
+  void reset() {
+    pending.assign(buckets.size(), 0);
+    for (size_t b = 0; b < buckets.size(); b++) pending[b] = buckets[b].size();
+    next = 0;
+    last_early = early;
+    early = 0;
+    flats.assign(buckets.size(), at::Tensor());
+    works.assign(buckets.size(), {});
+    seen.clear();
+    error.clear();
+  }
+};
+
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  std::shared_ptr<Reducer> reducer;
+  int64_t index;
+  ReadyHook(std::shared_ptr<Reducer> r, int64_t i) : reducer(std::move(r)), index(i) {}
+  void operator()(const torch::autograd::Variable&) override { reducer->ready(index); }
+};
+
+using ReducerPtr = std::shared_ptr<Reducer>;
+
+}  // namespace
+
+extern "C" {
+
+// A reducer over `n` parameters (leaf tensors that require grad), in the same order on every
+// rank, averaging over `group` in buckets of at most `bucket_bytes`.
+char* c10d_reducer_new(void* group, at::Tensor** params, size_t n, int64_t bucket_bytes,
+                       void** out) {
+  return guarded([&] {
+    if (n == 0) throw std::runtime_error("a reducer needs at least one parameter");
+    auto reducer = std::make_shared<Reducer>();
+    reducer->group = *static_cast<GroupPtr*>(group);
+    reducer->params = tensor_list(params, n);
+    reducer->bucket_bytes = std::max<int64_t>(bucket_bytes, 1);
+    for (size_t i = 0; i < n; i++) {
+      torch::autograd::impl::set_post_acc_grad_hooks(
+          reducer->params[i], std::make_unique<ReadyHook>(reducer, static_cast<int64_t>(i)));
+    }
+    *out = new ReducerPtr(std::move(reducer));
+  });
+}
+
+// Removes the hooks and frees the reducer.
+void c10d_reducer_free(void* handle) {
+  auto* reducer = static_cast<ReducerPtr*>(handle);
+  for (auto& p : (*reducer)->params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+  delete reducer;
+}
+
+// The next backward produces this step's final gradients: reduce them as they become ready.
+void c10d_reducer_arm(void* handle) {
+  auto& reducer = *static_cast<ReducerPtr*>(handle);
+  std::lock_guard<std::mutex> lock(reducer->mu);
+  reducer->armed = true;
+}
+
+// After the armed backward: waits for every bucket and writes the means into the gradients.
+// `early` receives how many buckets started during that backward (0 on the first step).
+char* c10d_reducer_finish(void* handle, int64_t* early) {
+  return guarded([&] {
+    auto& reducer = *static_cast<ReducerPtr*>(handle);
+    reducer->finish();
+    *early = reducer->last_early;
+  });
 }
 
 }  // extern "C"

@@ -71,6 +71,16 @@ extern "C" {
         input: *mut C_tensor,
     ) -> *mut c_char;
     fn c10d_barrier(group: *mut c_void) -> *mut c_char;
+    fn c10d_reducer_new(
+        group: *mut c_void,
+        params: *mut *mut C_tensor,
+        n: usize,
+        bucket_bytes: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn c10d_reducer_free(reducer: *mut c_void);
+    fn c10d_reducer_arm(reducer: *mut c_void);
+    fn c10d_reducer_finish(reducer: *mut c_void, early: *mut i64) -> *mut c_char;
 }
 
 /// A reduction the shim knows (its `op` argument).
@@ -274,5 +284,58 @@ impl Drop for Group {
     fn drop(&mut self) {
         // SAFETY: the handle came from c10d_gloo_new or c10d_nccl_new and is freed once.
         unsafe { c10d_group_free(self.0.as_ptr()) }
+    }
+}
+
+/// The shim's overlapping reducer: hooks on the parameters that start each bucket's all-reduce
+/// as soon as its gradients are ready (see csrc/c10d_shim.cpp).
+pub(crate) struct Reducer(NonNull<c_void>);
+
+// SAFETY: the reducer guards its state with a mutex; the handle is only an owning pointer.
+unsafe impl Send for Reducer {}
+
+impl Reducer {
+    /// Hooks `params` (the same order on every rank) to average over `group`.
+    pub(crate) fn new(
+        group: &Group,
+        params: &[Tensor],
+        bucket_bytes: usize,
+    ) -> Result<Self, String> {
+        let mut ptrs: Vec<*mut C_tensor> = params.iter().map(|t| t.as_ptr() as *mut _).collect();
+        let bytes = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
+        let mut out = ptr::null_mut();
+        // SAFETY: live group handle and tensors; the shim keeps its own references.
+        check(unsafe {
+            c10d_reducer_new(
+                group.0.as_ptr(),
+                ptrs.as_mut_ptr(),
+                ptrs.len(),
+                bytes,
+                &mut out,
+            )
+        })?;
+        Ok(Reducer(
+            NonNull::new(out).expect("c10d_reducer_new succeeded"),
+        ))
+    }
+
+    pub(crate) fn arm(&self) {
+        // SAFETY: live handle.
+        unsafe { c10d_reducer_arm(self.0.as_ptr()) }
+    }
+
+    /// Waits for the step's all-reduces; returns how many buckets started during backward.
+    pub(crate) fn finish(&self) -> Result<usize, String> {
+        let mut early = 0i64;
+        // SAFETY: live handle and out-pointer.
+        check(unsafe { c10d_reducer_finish(self.0.as_ptr(), &mut early) })?;
+        Ok(early as usize)
+    }
+}
+
+impl Drop for Reducer {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from c10d_reducer_new and is freed once.
+        unsafe { c10d_reducer_free(self.0.as_ptr()) }
     }
 }

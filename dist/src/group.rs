@@ -8,7 +8,7 @@ use tch::Tensor;
 use crate::backend::{nccl_plugin, Backend};
 use crate::bucket::{buckets, with_flat};
 use crate::fault::collective_error;
-use crate::ffi::{Group, ReduceOp, Store};
+use crate::ffi::{self, Group, ReduceOp, Store};
 use crate::interface::{gloo_device, GLOO_SOCKET_IFNAME};
 use crate::world::World;
 
@@ -151,8 +151,44 @@ impl ProcessGroup {
             .map_err(|message| self.error("barrier", &message))
     }
 
+    /// Hooks `params` (leaf tensors requiring grad, in the same order on every rank) so that
+    /// their gradients are averaged over the ranks while backward runs, in buckets of at most
+    /// `bucket_bytes` (the first at most 1 MB): see [`Reducer`].
+    pub fn reducer(&self, params: &[Tensor], bucket_bytes: usize) -> Result<Reducer> {
+        let inner = ffi::Reducer::new(&self.group, params, bucket_bytes)
+            .map_err(|message| self.error("reducer", &message))?;
+        Ok(Reducer { inner })
+    }
+
+    /// Waits for `reducer`'s all-reduces and writes the means into the gradients. Returns how
+    /// many buckets started while backward ran (none on the first step, which learns the order).
+    pub fn finish(&self, reducer: &Reducer) -> Result<usize> {
+        reducer
+            .inner
+            .finish()
+            .map_err(|message| self.error("all_reduce_mean (overlapped)", &message))
+    }
+
     fn error(&self, op: &str, message: &str) -> anyhow::Error {
         collective_error(op, message, &self.peers, self.rank, self.timeout)
+    }
+}
+
+/// DDP's reducer: gradient averaging that overlaps the backward pass. Hooks on the parameters
+/// start a bucket's all-reduce as soon as autograd has accumulated all its gradients, in the
+/// order the gradients become ready (learned on the first armed step, rank 0's order for all);
+/// Gloo runs it on its own threads and NCCL on its own stream while autograd goes on with
+/// earlier layers. Per step: [`Reducer::arm`] before the backward that finishes the step's
+/// gradients (the last micro-batch), [`ProcessGroup::finish`] after it. Dropping it removes
+/// the hooks.
+pub struct Reducer {
+    inner: ffi::Reducer,
+}
+
+impl Reducer {
+    /// The next backward produces this step's final gradients.
+    pub fn arm(&self) {
+        self.inner.arm();
     }
 }
 

@@ -29,10 +29,10 @@
 //! # Buckets, and what overlaps
 //! `all_reduce_mean` and `broadcast` flatten consecutive tensors of one kind and device into
 //! buckets of at most `bucket_bytes` (DDP's 25 MB by default) and make one collective call per
-//! bucket; a lone contiguous tensor is reduced in place. The calls are synchronous: nothing
-//! overlaps the backward pass yet. Overlap (DDP's reducer starts a bucket's all-reduce from
-//! autograd hooks as soon as its gradients are ready) needs gradient hooks, which tch does not
-//! expose; the trainer calls `all_reduce_mean` on all gradients after `backward`.
+//! bucket; a lone contiguous tensor is reduced in place. These calls are synchronous. What
+//! overlaps the backward pass is the [`Reducer`]: tch exposes no gradient hooks, so the shim
+//! registers libtorch's post-accumulate-grad hooks itself and starts each bucket's all-reduce
+//! from them, as DDP's reducer does; the trainer uses it unless told `--dist-sync`.
 //!
 //! # Errors
 //! Every failure is an `anyhow::Error` carrying c10d's message. A peer that crashed or was killed
@@ -50,5 +50,5 @@ mod interface;
 mod world;
 
 pub use backend::{Backend, NCCL_PLUGIN_FILE, NCCL_PLUGIN_VAR};
-pub use group::{ProcessGroup, DEFAULT_BUCKET_BYTES, DEFAULT_TIMEOUT};
+pub use group::{ProcessGroup, Reducer, DEFAULT_BUCKET_BYTES, DEFAULT_TIMEOUT};
 pub use world::{Launcher, World};

@@ -107,6 +107,10 @@ pub struct DistArgs {
     /// rank 0 spends on a held-out evaluation
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     dist_timeout: u64,
+    /// Average the gradients after backward instead of while it runs (by default each bucket's
+    /// all-reduce starts as soon as its gradients are ready, as DDP does)
+    #[arg(long)]
+    dist_sync: bool,
     /// Every rank writes its final variables to DIR/rank-R.safetensors, to check that the
     /// ranks agree (rank 0's are also in its checkpoint)
     #[arg(long, value_name = "DIR")]
@@ -323,6 +327,7 @@ impl TrainArgs {
             resume: plan.resume,
             progress: std::io::stderr().is_terminal() && dist.as_ref().is_none_or(|d| d.is_main()),
             dist,
+            dist_overlap: !self.dist.dist_sync,
             rank_weights: self.dist.rank_weights.clone(),
         }
     }

@@ -1,8 +1,10 @@
 //! Data-parallel gradients: two ranks on 127.0.0.1 (this test binary started twice as torchrun
 //! would start it, over a real c10d Gloo group) each run the pretraining forward and backward
 //! on their half of a fixed batch with dropout off, then average their gradients as the trainer
-//! does (`Dist::average` over the optimiser's gradients). Each rank's averaged gradient must
-//! equal the mean of the gradients that one process computes on each half alone.
+//! does: `Dist::average` over the optimiser's gradients after backward, or the overlapping
+//! reducer (`Dist::overlap`), whose hooks start the buckets' all-reduces during backward. Each
+//! rank's averaged gradient must equal the mean of the gradients that one process computes on
+//! each half alone.
 use albef_dist::{Backend, World};
 use albef_train::config::Config;
 use albef_train::model::{probe, Albef, Batch};
@@ -15,7 +17,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Set in the two child processes: where the rank writes its averaged gradients.
 const RANK_OUT: &str = "ALBEF_TEST_GRADIENTS_OUT";
-const TEST: &str = "averaged_gradients_are_the_mean_of_the_halves";
+const SYNC_TEST: &str = "averaged_gradients_are_the_mean_of_the_halves";
+const OVERLAP_TEST: &str = "overlapped_gradients_are_the_mean_of_the_halves";
 const SEED: i64 = 5;
 
 fn micro() -> Config {
@@ -75,8 +78,9 @@ fn named_grads(vs: &nn::VarStore) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// What each child process does: join the group, backward on its half, average.
-fn run_rank(out: &Path) {
+/// What each child process does: join the group, backward on its half, average (after
+/// backward, or overlapped with it).
+fn run_rank(out: &Path, overlap: bool) {
     tch::set_num_threads(1);
     let world = World::from_env()
         .unwrap()
@@ -86,17 +90,60 @@ fn run_rank(out: &Path) {
     let (vs, mut model, optimizer) = model(&config);
     dist.broadcast_vars(&vs).unwrap();
     model.set_gather(dist.clone());
-    backward(&config, &model, world.rank as i64);
-    let mut grads = optimizer.grads();
-    dist.average(&mut grads).unwrap();
+    if overlap {
+        overlapped_backward(&dist, &config, (&vs, &model, &optimizer));
+    } else {
+        backward(&config, &model, world.rank as i64);
+        let mut grads = optimizer.grads();
+        dist.average(&mut grads).unwrap();
+    }
     let named: Vec<(String, Tensor)> = named_grads(&vs).into_iter().collect();
     let path = out.join(format!("rank-{}.safetensors", world.rank));
     Tensor::write_safetensors(&named, &path).unwrap();
 }
 
-fn spawn_rank(rank: usize, port: u16, out: &Path) -> std::process::Child {
+/// Two steps through the reducer, in buckets of 4 KB: the first learns the order in which the
+/// gradients become ready and starts nothing during backward; the second, from the same
+/// variables (the forward moved the queues), starts buckets during backward. The second
+/// step's averages are what the rank writes.
+fn overlapped_backward(
+    dist: &Dist,
+    config: &Config,
+    (vs, model, optimizer): (&nn::VarStore, &Albef, &AdamW),
+) {
+    let rank = dist.rank() as i64;
+    let start: Vec<(Tensor, Tensor)> = vs
+        .variables()
+        .into_values()
+        .map(|v| (v.copy(), v))
+        .collect();
+    dist.overlap(&optimizer.params(), 4096).unwrap();
+    for step in 0..2 {
+        tch::no_grad(|| {
+            for (saved, variable) in &start {
+                variable.shallow_clone().copy_(saved);
+            }
+        });
+        for p in optimizer.params() {
+            let mut grad = p.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+        dist.arm();
+        backward(config, model, rank);
+        let early = dist.finish().unwrap();
+        if step == 0 {
+            assert_eq!(early, 0, "the first step only learns the order");
+        } else {
+            assert!(early > 1, "{early} buckets started during backward");
+        }
+    }
+}
+
+fn spawn_rank(test: &str, rank: usize, port: u16, out: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([TEST, "--exact", "--nocapture", "--test-threads", "1"])
+        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
         .env(RANK_OUT, out)
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", "2")
@@ -125,8 +172,19 @@ fn wait(mut child: std::process::Child, limit: Duration) {
 
 #[test]
 fn averaged_gradients_are_the_mean_of_the_halves() {
+    check_against_the_halves(SYNC_TEST, false);
+}
+
+#[test]
+fn overlapped_gradients_are_the_mean_of_the_halves() {
+    check_against_the_halves(OVERLAP_TEST, true);
+}
+
+/// Runs `test` as two ranks (or, in a rank, does the rank's part) and compares each rank's
+/// averaged gradients with the mean of the halves computed alone.
+fn check_against_the_halves(test: &str, overlap: bool) {
     if let Some(out) = std::env::var_os(RANK_OUT) {
-        return run_rank(&PathBuf::from(out));
+        return run_rank(&PathBuf::from(out), overlap);
     }
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -134,7 +192,9 @@ fn averaged_gradients_are_the_mean_of_the_halves() {
         .local_addr()
         .unwrap()
         .port();
-    let ranks: Vec<_> = (0..2).map(|r| spawn_rank(r, port, dir.path())).collect();
+    let ranks: Vec<_> = (0..2)
+        .map(|r| spawn_rank(test, r, port, dir.path()))
+        .collect();
     for rank in ranks {
         wait(rank, Duration::from_secs(120));
     }

@@ -224,6 +224,15 @@ impl AdamW {
         }
     }
 
+    /// The parameters, in the optimiser's order (the same on every rank of a data-parallel
+    /// run); the tensors are the variables themselves.
+    pub fn params(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.tensor.shallow_clone())
+            .collect()
+    }
+
     /// The gradients of the parameters that have one, in the optimiser's order (the same on
     /// every rank of a data-parallel run). They share storage with the parameters' gradients.
     pub fn grads(&self) -> Vec<Tensor> {

@@ -6,21 +6,24 @@
 //!   temperature), sorted by name, are broadcast to every rank, so the ranks start
 //!   bit-identical, after a resume too;
 //! - every step: each rank runs forward and backward on its own share of the data (the loader
-//!   shards by rank; `batch_size` is per process), then [`Dist::average`] replaces the
-//!   gradients by their mean over the ranks in flattened buckets, before clipping and the
-//!   optimiser step. The step's losses and the stop flag travel in the same call, so the logged
-//!   losses are the mean over the ranks and every rank stops after the same step;
+//!   shards by rank; `batch_size` is per process); the gradients become their mean over the
+//!   ranks in flattened buckets before clipping and the optimiser step. The step's losses and
+//!   the stop flag are averaged too, so the logged losses are the mean over the ranks and every
+//!   rank stops after the same step;
 //! - the queues take every rank's momentum features and `idx` (`Albef::set_gather`, the
 //!   official `concat_all_gather`); ITM hard negatives are drawn within the local batch;
 //! - rank 0 alone writes checkpoints and registry metrics and evaluates; the other ranks learn
 //!   each checkpoint's registry id from it.
 //!
-//! What overlaps: nothing. DDP starts a bucket's all-reduce from autograd hooks while the rest
-//! of the backward pass runs; tch exposes no gradient hooks, so the average starts when
-//! `backward` has returned and the step waits for it. Its share of the step is logged as
+//! What overlaps: by default, as DDP, each bucket's all-reduce starts from autograd hooks as
+//! soon as its gradients are ready, while the backward pass goes on with earlier layers
+//! ([`Dist::overlap`], albef_dist::Reducer; the first step learns the order in which gradients
+//! become ready and overlaps nothing). The forward, the loader and the optimiser step do not
+//! overlap communication. With `--dist-sync` ([`Dist::average`]) the average starts when
+//! `backward` has returned. The time the step then waits for the ranks is logged as
 //! `collective_pct`.
 use crate::model::albef::Gather;
-use albef_dist::{Backend, ProcessGroup, World};
+use albef_dist::{Backend, ProcessGroup, Reducer, World};
 use anyhow::{Context, Result};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +40,8 @@ pub struct Dist {
     local_rank: usize,
     /// Where the loop's own small tensors (ids) go: NCCL moves only CUDA tensors.
     device: Device,
+    /// The overlapping reducer, once [`Dist::overlap`] has hooked the parameters.
+    reducer: Mutex<Option<Reducer>>,
 }
 
 impl fmt::Debug for Dist {
@@ -71,6 +76,7 @@ impl Dist {
                 Backend::Gloo => Device::Cpu,
             },
             group: Mutex::new(group),
+            reducer: Mutex::new(None),
         }))
     }
 
@@ -112,6 +118,46 @@ impl Dist {
     pub fn average(&self, tensors: &mut [Tensor]) -> Result<()> {
         self.group()
             .all_reduce_mean(tensors)
+            .context("averaging the gradients over the ranks")
+    }
+
+    /// From now on, `params`' gradients (the same order on every rank) are averaged while
+    /// backward runs, in buckets of at most `bucket_bytes`: [`Dist::arm`] before the backward
+    /// that completes a step's gradients, [`Dist::finish`] after it.
+    pub fn overlap(&self, params: &[Tensor], bucket_bytes: usize) -> Result<()> {
+        let reducer = self
+            .group()
+            .reducer(params, bucket_bytes)
+            .context("hooking the parameters to average their gradients")?;
+        *self.reducer() = Some(reducer);
+        Ok(())
+    }
+
+    fn reducer(&self) -> MutexGuard<'_, Option<Reducer>> {
+        self.reducer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the gradients are averaged during backward.
+    pub fn overlapping(&self) -> bool {
+        self.reducer().is_some()
+    }
+
+    /// The next backward completes this step's gradients (a no-op without [`Dist::overlap`]).
+    pub fn arm(&self) {
+        if let Some(reducer) = self.reducer().as_ref() {
+            reducer.arm();
+        }
+    }
+
+    /// Waits for the all-reduces the armed backward started; the gradients are then their
+    /// means. Returns how many buckets started during backward.
+    pub fn finish(&self) -> Result<usize> {
+        let reducer = self.reducer();
+        let reducer = reducer
+            .as_ref()
+            .context("Dist::finish without Dist::overlap")?;
+        self.group()
+            .finish(reducer)
             .context("averaging the gradients over the ranks")
     }
 

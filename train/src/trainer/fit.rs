@@ -70,6 +70,9 @@ pub struct TrainJob {
     pub progress: bool,
     /// The process group when this is one rank of several (`None`: this process alone).
     pub dist: Option<Arc<Dist>>,
+    /// In a world: average the gradients while backward runs (DDP's overlap, the default), or
+    /// after it (`false`, `--dist-sync`).
+    pub dist_overlap: bool,
     /// Every rank writes its final variables to `DIR/rank-R.safetensors` (to compare ranks).
     pub rank_weights: Option<PathBuf>,
 }
@@ -239,6 +242,9 @@ impl<'a> Run<'a> {
         if let Some(dist) = &job.dist {
             dist.broadcast_vars(&vs)?;
             model.set_gather(dist.clone());
+            if job.dist_overlap {
+                dist.overlap(&optimizer.params(), albef_dist::DEFAULT_BUCKET_BYTES)?;
+            }
         }
         log_world(&job, tracking)?;
         if state.step >= state.total_steps {
@@ -279,6 +285,10 @@ impl<'a> Run<'a> {
             let fetch = Instant::now();
             let batch = next_batch(&self.loader, &mut self.batches, &mut self.state.data)?;
             waited += fetch.elapsed();
+            if micro + 1 == self.job.accumulate {
+                // This backward completes the step's gradients: the reducer may start on them.
+                self.job.dist.iter().for_each(|dist| dist.arm());
+            }
             let values = self.micro_step(batch, micro, alpha)?;
             for (s, v) in losses.iter_mut().zip(values) {
                 *s += v / self.job.accumulate as f64;
@@ -310,13 +320,19 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// In a world: the gradients, `losses` and the stop flag become their means over the ranks,
-    /// in one bucketed all-reduce. Returns whether some rank was asked to stop.
+    /// In a world: the gradients, `losses` and the stop flag become their means over the ranks
+    /// (the gradients through the overlapping reducer, whose all-reduces backward started, or
+    /// in the same bucketed all-reduce as the rest). Returns whether some rank was asked to stop.
     fn average_over_ranks(&self, losses: &mut [f64; 4], stop: bool) -> Result<bool> {
         let Some(dist) = &self.job.dist else {
             return Ok(false);
         };
-        let mut tensors = self.optimizer.grads();
+        let mut tensors = if dist.overlapping() {
+            dist.finish()?;
+            Vec::new()
+        } else {
+            self.optimizer.grads()
+        };
         let device = tensors.first().map_or(self.job.device, Tensor::device);
         let mut extra = losses.to_vec();
         extra.push(if stop { 1.0 } else { 0.0 });
