@@ -253,7 +253,7 @@ async fn log_batch_is_all_or_nothing_and_runs_can_be_deleted() {
                 run,
                 &[("lr".into(), "0.2".into())],
                 &[("t".into(), "v".into())],
-                &[point.clone()],
+                std::slice::from_ref(&point),
             )
             .await,
         );
