@@ -340,6 +340,66 @@ fn check_alias(
     );
 }
 
+/// The calls the script does not make, over plain HTTP: a run name taken gets a suffix, renaming,
+/// a tag set and deleted, a NaN sent as MLflow's client sends it, search by run id.
+fn check_other_calls(server: &Server, run: i64) {
+    let run_id = format!("{run:032x}");
+    let post = |path: &str, body: Value| {
+        let (status, answer) = call(server, "POST", path, Some(TOKEN), &body);
+        assert_eq!(status, 200, "{path}: {answer}");
+        answer
+    };
+    let found = post(
+        "runs/search",
+        json!({"filter": format!("attributes.run_id = '{run_id}'")}),
+    );
+    let info = &found["runs"][0]["info"];
+    assert_eq!(info["run_id"], run_id.as_str(), "{found}");
+    let twin = post(
+        "runs/create",
+        json!({"experiment_id": info["experiment_id"], "run_name": "baseline"}),
+    );
+    assert_eq!(twin["run"]["info"]["run_name"], "baseline-2");
+    let twin_id = twin["run"]["info"]["run_id"].as_str().unwrap().to_string();
+    let renamed = post(
+        "runs/update",
+        json!({"run_id": twin_id, "run_name": "twin"}),
+    );
+    assert_eq!(renamed["run_info"]["run_name"], "twin");
+    post(
+        "runs/set-tag",
+        json!({"run_id": twin_id, "key": "gone", "value": "soon"}),
+    );
+    post("runs/delete-tag", json!({"run_id": twin_id, "key": "gone"}));
+    post(
+        "runs/log-metric",
+        json!({"run_id": twin_id, "key": "nan", "value": "NaN", "timestamp": 5, "step": 1}),
+    );
+    let (status, history) = call(
+        server,
+        "GET",
+        &format!("metrics/get-history?run_id={twin_id}&metric_key=nan"),
+        None,
+        &json!({}),
+    );
+    assert_eq!(
+        (status, &history["metrics"]),
+        (
+            200,
+            &json!([{"key": "nan", "value": "NaN", "timestamp": 5, "step": 1}])
+        )
+    );
+    let tags = post(
+        "runs/search",
+        json!({"filter": "attributes.run_name = 'twin'"}),
+    )["runs"][0]["data"]["tags"]
+        .clone();
+    assert!(
+        !tags.as_array().unwrap().iter().any(|t| t["key"] == "gone"),
+        "{tags}"
+    );
+}
+
 /// MLflow's error form for a malformed id, a run that does not exist, and a filter albef refuses.
 fn check_errors(server: &Server) {
     let (status, e) = call(server, "GET", "runs/get?run_id=abc", None, &json!({}));
@@ -416,7 +476,8 @@ fn scenario(url: &str) {
         dir.path(),
     );
     let logged: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    check_run(url, &logged);
+    let run = check_run(url, &logged);
+    check_other_calls(&server, run);
     assert_eq!(logged["model_version_run_id"], format!("{trained:032x}"));
     check_alias(&server, url, &reg, &rt, ckpt);
     check_errors(&server);

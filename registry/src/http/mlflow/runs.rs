@@ -220,17 +220,8 @@ pub(super) async fn update(State(s): State<AppState>, _: Writer, Body(b): Body<U
         let end = b.end_time.filter(|&t| t > 0).unwrap_or_else(now_ms);
         s.reg.finish_run_at(id, status, end).await?;
     }
-    let run = s.reg.run(id).await?;
-    let user = s
-        .reg
-        .run_detail(id)
-        .await?
-        .tags
-        .into_iter()
-        .find(|(k, _)| k == USER_TAG);
-    let experiment_id = s.reg.experiment(&run.experiment).await?.id;
-    let info = info_json(&run, experiment_id, user.as_ref().map_or("", |(_, v)| v));
-    Ok(Json(json!({"run_info": info})))
+    let run = run_json(&s.reg, id, &experiment_ids(&s.reg).await?).await?;
+    Ok(Json(json!({"run_info": run["info"]})))
 }
 
 /// `POST runs/delete` (token): deletes the run for good (MLflow would keep it, marked deleted).
