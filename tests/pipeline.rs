@@ -246,7 +246,7 @@ min_r1_t2i = 0.0
     assert_eq!(json_i64(&promoted["checkpoint"]), holder.id);
     let history = rt.block_on(reg.promotion_history("tiny-model")).unwrap();
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].new_checkpoint_id, holder.id);
+    assert_eq!(history[0].new_checkpoint_id, Some(holder.id));
     let source = rt.block_on(reg.dataset_version("tiny@1")).unwrap();
     let version = rt.block_on(reg.dataset_version("tiny@2")).unwrap();
     assert_eq!(version.stage, "filter");

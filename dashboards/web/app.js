@@ -19,6 +19,7 @@ async function api(path) {
 }
 
 function fmtNum(v) {
+  if (typeof v === "string") return v; // "NaN", "Infinity", "-Infinity": metric values JSON cannot hold as numbers
   if (v === null || v === undefined || Number.isNaN(v)) return "—";
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
@@ -197,7 +198,9 @@ async function chartsView() {
     <div class="row"><div class="card chart" style="flex:3 1 700px"><h2 id="chart-title">${esc(key || "no metrics yet")}</h2><div id="chart"></div><div id="legend"></div></div>
     <div class="card runpick" style="flex:1 1 260px"><h2>Runs</h2>${runs.map(h => `<label><input type="checkbox" class="runsel" value="${h.run.id}"${selected.includes(h.run.id) ? " checked" : ""}> ${h.run.id} · ${esc(h.run.experiment)}/${esc(h.run.name)}</label>`).join("")}</div></div>`;
   const names = Object.fromEntries(runs.map(h => [h.run.id, `${h.run.id} ${h.run.name}`]));
-  const histories = await Promise.all(selected.map(id => key ? api(`/api/runs/${id}/metrics?key=${encodeURIComponent(key)}`).catch(() => []) : []));
+  // NaN and the infinities come as "NaN", "Infinity", "-Infinity"; a line chart draws finite points only.
+  const finite = points => points.map(p => ({step: p.step, value: Number(p.value)})).filter(p => isFinite(p.value));
+  const histories = await Promise.all(selected.map(id => key ? api(`/api/runs/${id}/metrics?key=${encodeURIComponent(key)}`).then(finite).catch(() => []) : []));
   const draw = () => {
     const w = Number(document.getElementById("smooth").value);
     document.getElementById("smooth-v").textContent = w.toFixed(2);
@@ -247,7 +250,7 @@ async function checkpointsView() {
     <p>${m.aliases.map(a => `${badge(a.alias)} → checkpoint <b>${a.checkpoint_id}</b> <span class="muted">since ${fmtTime(a.updated_at)}</span>`).join("<br>") || '<span class="muted">no aliases</span>'}</p>
     <h2>Promotion history</h2><table class="history"><thead><tr><th>#</th><th>when</th><th>kind</th><th>alias</th><th>checkpoint</th><th>gate</th><th>actor</th><th>reason</th></tr></thead><tbody>
     ${histories[i].slice().reverse().map(e => `<tr><td class="num">${e.id}</td><td>${fmtTime(e.at)}</td><td>${esc(e.kind)}</td><td>${badge(e.alias)}</td>
-      <td>${e.previous_checkpoint_id ?? "—"} → <b>${e.new_checkpoint_id}</b></td>
+      <td>${e.previous_checkpoint_id ?? "—"} → <b>${e.new_checkpoint_id ?? "removed"}</b></td>
       <td>${e.gate ? `<code>${esc(e.gate)}</code><br><span class="muted">${esc(e.gate_result || "")}</span>` : "—"}</td><td>${esc(e.actor)}</td><td>${esc(e.reason || "")}</td></tr>`).join("")}
     </tbody></table></div>`).join("");
   const mkeys = [...new Set(ckpts.flatMap(c => Object.keys(c.metrics)))].sort();

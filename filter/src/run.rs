@@ -26,7 +26,7 @@ use tch::Device;
 /// What a filter run needs.
 #[derive(Clone, Debug)]
 pub struct FilterJob {
-    /// Checkpoint id or `MODEL@ALIAS`.
+    /// Checkpoint id, `MODEL@ALIAS` or `models:/MODEL@ALIAS`.
     pub checkpoint: String,
     /// `NAME` (latest finished version) or `NAME@VERSION`.
     pub dataset: String,

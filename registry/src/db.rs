@@ -239,6 +239,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedule time zone",
         include_str!("../../migrations/postgres/0004_schedule_time_zone.sql"),
     ),
+    (
+        5,
+        "alias removal",
+        include_str!("../../migrations/postgres/0005_alias_removal.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -265,6 +270,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "schedule time zone",
         include_str!("../../migrations/sqlite/0005_schedule_time_zone.sql"),
+    ),
+    (
+        6,
+        "exact metric values",
+        include_str!("../../migrations/sqlite/0006_exact_metric_values.sql"),
+    ),
+    (
+        7,
+        "alias removal",
+        include_str!("../../migrations/sqlite/0007_alias_removal.sql"),
     ),
 ];
 
@@ -463,6 +478,57 @@ impl Row {
         match self {
             Row::Pg(r) => r.try_get(column),
             Row::Sqlite(r) => r.try_get(column),
+        }
+    }
+}
+
+/// A metric value as either backend stores it, NaN included. Postgres keeps every double as it
+/// is. SQLite has no NaN (a bound NaN becomes NULL), so writers bind the value as
+/// `coalesce($N, 'NaN')` and SQLite keeps the text 'NaN' in the untyped value columns of
+/// migration 0006, where it sorts above every number as NaN does on Postgres; this type reads
+/// both forms back as the double.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MetricValue(pub f64);
+
+/// The text that stands for NaN in SQLite's metric value columns.
+pub const SQLITE_NAN: &str = "NaN";
+
+impl sqlx::Type<Postgres> for MetricValue {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <f64 as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for MetricValue {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(MetricValue(<f64 as sqlx::Decode<Postgres>>::decode(value)?))
+    }
+}
+
+impl sqlx::Type<Sqlite> for MetricValue {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <f64 as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    /// A double, an integer (read as a double) or the text 'NaN'.
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <f64 as sqlx::Type<Sqlite>>::compatible(ty)
+            || <i64 as sqlx::Type<Sqlite>>::compatible(ty)
+            || <&str as sqlx::Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for MetricValue {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::{TypeInfo as _, ValueRef as _};
+        if value.type_info().name() != "TEXT" {
+            return Ok(MetricValue(<f64 as sqlx::Decode<Sqlite>>::decode(value)?));
+        }
+        match <&str as sqlx::Decode<Sqlite>>::decode(value)? {
+            SQLITE_NAN => Ok(MetricValue(f64::NAN)),
+            other => {
+                Err(format!("metric value {other:?} is neither a number nor {SQLITE_NAN:?}").into())
+            }
         }
     }
 }

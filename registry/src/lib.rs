@@ -7,9 +7,11 @@
 //! - [`datasets`]: dataset versions and their shards, the dataset lock;
 //! - [`jobs`]: ingestion schedules, the job queue, work leases, cron expressions;
 //! - [`query`]: the filter language of run search and promotion gates (lexer, parser, SQL);
-//! - `http` (feature `http`): the JSON API and web page of `albef serve`.
+//! - `http` (feature `http`): the JSON API and web page of `albef serve`, and the MLflow
+//!   tracking API beside it.
 //!
-//! `db` holds the connection, the migrations and the one query API over both backends.
+//! `db` holds the connection, the migrations and the one query API over both backends;
+//! [`json_float`] writes metric values into JSON without losing NaN or the infinities.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -23,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 mod db;
+pub mod json_float;
 mod sqlite_raw;
 mod status;
 
@@ -39,7 +42,8 @@ pub use datasets::{DatasetStatus, DatasetVersion, NewDatasetVersion, NewShard};
 pub use jobs::{process_owner, UnitLease};
 pub use models::{Checkpoint, PromotionEvent, PromotionRequest};
 pub use tracking::{
-    MetricPoint, MetricSummary, MetricWriter, MetricWriterOptions, Run, RunSearch, RunStatus,
+    Experiment, LoggedPoint, MetricPoint, MetricSummary, MetricWriter, MetricWriterOptions, Run,
+    RunOrigin, RunSearch, RunStatus,
 };
 
 pub use db::DEFAULT_STATEMENT_TIMEOUT;

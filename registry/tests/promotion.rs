@@ -1,5 +1,5 @@
-//! Checkpoints and the promotion workflow on both backends: gates, rollback, sha256 refusal,
-//! and 16 concurrent promotions of one alias.
+//! Checkpoints and the promotion workflow on both backends: gates, rollback, alias removal,
+//! sha256 refusal, and 16 concurrent promotions of one alias.
 mod common;
 use albef_registry::{PromotionRequest, Registry};
 use common::{err_text, on_both};
@@ -43,7 +43,10 @@ async fn register_promote_gate_and_rollback() {
 
         let gate = Some("metrics.r1 >= current");
         let e1 = reg.promote(&req(a, gate)).await?;
-        assert_eq!((e1.previous_checkpoint_id, e1.new_checkpoint_id), (None, a));
+        assert_eq!(
+            (e1.previous_checkpoint_id, e1.new_checkpoint_id),
+            (None, Some(a))
+        );
         assert!(e1
             .gate_result
             .as_deref()
@@ -81,7 +84,7 @@ async fn register_promote_gate_and_rollback() {
                 r.previous_checkpoint_id,
                 r.new_checkpoint_id
             ),
-            ("rollback", Some(c3), b)
+            ("rollback", Some(c3), Some(b))
         );
         reg.rollback("albef", "prod", "tester", None).await?;
         assert_eq!(reg.resolve_checkpoint("albef@prod").await?.id, a);
@@ -100,6 +103,52 @@ async fn register_promote_gate_and_rollback() {
             vec![c3, b, a]
         );
         assert!(err_text(reg.checkpoints(Some("nope")).await).contains("no model named \"nope\""));
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_an_alias_is_recorded_and_ends_its_chain() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let run = reg.create_run("exp", "r", &json!({})).await?;
+        let a = ckpt(&reg, run, &env.dir, 1, 0.5).await?;
+        let b = ckpt(&reg, run, &env.dir, 2, 0.6).await?;
+        reg.promote(&req(a, None)).await?;
+        reg.promote(&req(b, None)).await?;
+        let e = reg
+            .remove_alias("albef", "prod", "mlflow", Some("retired"))
+            .await?;
+        assert_eq!(
+            (
+                e.kind.as_str(),
+                e.previous_checkpoint_id,
+                e.new_checkpoint_id
+            ),
+            ("remove", Some(b), None)
+        );
+        assert!(err_text(reg.resolve_checkpoint("models:/albef@prod").await)
+            .contains("no checkpoint holds alias \"prod\""));
+        assert!(reg.checkpoint(b).await?.aliases.is_empty());
+        let e = err_text(reg.remove_alias("albef", "prod", "mlflow", None).await);
+        assert!(e.contains("albef@prod does not exist"), "{e}");
+        assert!(
+            err_text(reg.rollback("albef", "prod", "tester", None).await)
+                .contains("no checkpoint holds albef@prod")
+        );
+        // A new promotion starts a new chain: rollback does not reach past the removal.
+        reg.promote(&req(a, None)).await?;
+        assert_eq!(reg.resolve_checkpoint("models:/albef@prod").await?.id, a);
+        let e = err_text(reg.rollback("albef", "prod", "tester", None).await);
+        assert!(e.contains("no earlier holder"), "{e}");
+        let kinds: Vec<String> = reg
+            .promotion_history("albef")
+            .await?
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["promote", "promote", "remove", "promote"]);
         Ok(())
     })
     .await;
@@ -206,13 +255,13 @@ async fn concurrent_promotions_leave_one_holder_and_a_chain() {
         for e in &history {
             assert_eq!(e.previous_checkpoint_id, prev);
             let r1 = reg
-                .checkpoint(e.new_checkpoint_id)
+                .checkpoint(e.new_checkpoint_id.expect("only promotions"))
                 .await?
                 .metric("r1")
                 .unwrap();
             assert!(r1 >= best);
             best = r1;
-            prev = Some(e.new_checkpoint_id);
+            prev = e.new_checkpoint_id;
         }
         let holders: Vec<_> = reg
             .checkpoints(None)

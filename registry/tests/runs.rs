@@ -1,7 +1,8 @@
 //! Runs, params, tags and metrics on both backends: the summary matches the points, bad input
-//! is refused with a clear error and writes nothing.
+//! is refused with a clear error and writes nothing, every double a client logs reads back
+//! bit for bit.
 mod common;
-use albef_registry::{MetricWriterOptions, RunStatus};
+use albef_registry::{LoggedPoint, MetricWriterOptions, RunSearch, RunStatus};
 use common::{err_text, on_both};
 use serde_json::json;
 use std::time::Duration;
@@ -143,6 +144,148 @@ async fn metric_writer_works_from_a_plain_thread() {
         assert_eq!(
             (s[0].count, s[0].min, s[0].max, s[0].last),
             (1000, 1.0, 1000.0, 1.0)
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// The doubles a client may log that a plain REAL column or JSON number would not keep.
+fn awkward_values() -> Vec<f64> {
+    vec![
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        0.1 + 0.2,
+        1e-320,
+        f64::MAX,
+        0.0,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_batch_keeps_every_value_bit_for_bit() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let run = reg.create_run("exp", "exact", &json!({})).await?;
+        let points: Vec<LoggedPoint> = awkward_values()
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| LoggedPoint {
+                key: "x".into(),
+                step: i as i64,
+                value,
+                logged_at: 1_000 + i as i64,
+            })
+            .collect();
+        reg.log_batch(
+            run,
+            &[("p".into(), "1".into())],
+            &[("t".into(), "v".into())],
+            &points,
+        )
+        .await?;
+        let history = reg.metric_history(run, "x").await?;
+        assert_eq!(history.len(), points.len(), "{}", env.backend);
+        for (got, sent) in history.iter().zip(&points) {
+            assert_eq!((got.step, got.logged_at), (sent.step, sent.logged_at));
+            assert_eq!(
+                got.value.to_bits(),
+                sent.value.to_bits(),
+                "{}: step {}",
+                env.backend,
+                sent.step
+            );
+        }
+        // NaN orders above every number (as Postgres orders it), so it is the max.
+        let s = &reg.metric_summaries(run).await?[0];
+        assert_eq!(
+            (s.last.to_bits(), s.min, s.count),
+            (0.0f64.to_bits(), f64::NEG_INFINITY, 8)
+        );
+        assert!(s.max.is_nan(), "{}: {s:?}", env.backend);
+        let latest = reg.latest_points(run).await?;
+        assert_eq!(latest[0].1.logged_at, 1_007);
+        // Search compares NaN as the largest value on both backends.
+        let nan_run = reg.create_run("exp", "nan-last", &json!({})).await?;
+        let nan = LoggedPoint {
+            key: "x".into(),
+            step: 0,
+            value: f64::NAN,
+            logged_at: 5,
+        };
+        reg.log_batch(nan_run, &[], &[], &[nan]).await?;
+        let hits = reg
+            .search_runs(&RunSearch {
+                filter: Some("metrics.x > 1e308".into()),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(
+            hits.iter().map(|h| h.run.id).collect::<Vec<_>>(),
+            vec![nan_run]
+        );
+        let detail = serde_json::to_value(reg.run_detail(nan_run).await?)?;
+        assert_eq!(
+            detail["metrics"][0]["last"], "NaN",
+            "JSON keeps NaN as a string"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_batch_is_all_or_nothing_and_runs_can_be_deleted() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let run = reg.create_run("exp", "batch", &json!({})).await?;
+        reg.log_params(run, &[("lr".into(), "0.1".into())]).await?;
+        let point = LoggedPoint {
+            key: "loss".into(),
+            step: 1,
+            value: 2.0,
+            logged_at: 7,
+        };
+        let e = err_text(
+            reg.log_batch(
+                run,
+                &[("lr".into(), "0.2".into())],
+                &[("t".into(), "v".into())],
+                std::slice::from_ref(&point),
+            )
+            .await,
+        );
+        assert!(e.contains("cannot change"), "{e}");
+        let d = reg.run_detail(run).await?;
+        assert!(
+            d.tags.is_empty() && d.metrics.is_empty(),
+            "{}: nothing of the batch: {d:?}",
+            env.backend
+        );
+        reg.log_batch(run, &[], &[("t".into(), "v".into())], &[point])
+            .await?;
+        reg.delete_tag(run, "t").await?;
+        assert!(err_text(reg.delete_tag(run, "t").await).contains("does not exist"));
+        reg.rename_run(run, "renamed").await?;
+        assert_eq!(reg.run(run).await?.name, "renamed");
+        reg.finish_run_at(run, RunStatus::Killed, 42).await?;
+        assert_eq!(reg.run(run).await?.end_time, Some(42));
+        reg.delete_run(run).await?;
+        assert!(err_text(reg.run(run).await).contains("does not exist"));
+        assert!(reg.metric_history(run, "loss").await?.is_empty());
+        assert!(err_text(reg.log_batch(run, &[], &[], &[]).await).contains("does not exist"));
+        let e = reg.create_experiment("made").await?;
+        assert_eq!(reg.experiment("made").await?, e);
+        assert!(err_text(reg.create_experiment("made").await).contains("already exists"));
+        assert_eq!(
+            reg.experiments()
+                .await?
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>(),
+            ["exp", "made"]
         );
         Ok(())
     })

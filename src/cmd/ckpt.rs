@@ -42,7 +42,7 @@ enum CkptCommand {
     },
     /// Point MODEL@ALIAS at a checkpoint, if the gate passes (one transaction, recorded)
     Promote {
-        /// Checkpoint id, or MODEL@ALIAS of the checkpoint holding that alias
+        /// Checkpoint id, or MODEL@ALIAS (or models:/MODEL@ALIAS) of the checkpoint holding that alias
         checkpoint: String,
         /// Model name (created when new)
         #[arg(long)]

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct FilterArgs {
-    /// Checkpoint to score with: its registry id or MODEL@ALIAS
+    /// Checkpoint to score with: its registry id, MODEL@ALIAS or models:/MODEL@ALIAS
     #[arg(long)]
     checkpoint: String,
     /// Dataset version to filter: NAME (latest finished version) or NAME@VERSION

@@ -151,10 +151,7 @@ fn ema(points: &[MetricPoint], weight: f64) -> Vec<MetricPoint> {
             } else {
                 p.value
             };
-            MetricPoint {
-                step: p.step,
-                value,
-            }
+            MetricPoint { value, ..*p }
         })
         .collect()
 }
@@ -314,6 +311,7 @@ mod tests {
             .map(|(i, v)| MetricPoint {
                 step: i as i64,
                 value: *v,
+                logged_at: 0,
             })
             .collect();
         assert_eq!(ema(&p, 0.0), p);
@@ -328,10 +326,12 @@ mod tests {
             MetricPoint {
                 step: 0,
                 value: 1.0,
+                logged_at: 0,
             },
             MetricPoint {
                 step: 10,
                 value: 0.5,
+                logged_at: 0,
             },
         ];
         let svg = render(
@@ -346,7 +346,11 @@ mod tests {
 
     #[test]
     fn extreme_and_non_finite_values_give_finite_coordinates() {
-        let point = |step, value| MetricPoint { step, value };
+        let point = |step, value| MetricPoint {
+            step,
+            value,
+            logged_at: 0,
+        };
         for points in [
             vec![point(0, 1e308), point(1, -1e308), point(2, f64::MAX)],
             vec![point(0, f64::NAN), point(1, f64::INFINITY), point(2, 3.0)],
@@ -366,6 +370,7 @@ mod tests {
             .map(|i| MetricPoint {
                 step: i,
                 value: 1.0 / (1.0 + i as f64),
+                logged_at: 0,
             })
             .collect();
         let svg = render("loss", &[("1 a".into(), p)], 640.0, 360.0);

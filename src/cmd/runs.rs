@@ -29,6 +29,10 @@ enum RunsCommand {
     Show {
         /// Run id
         run: i64,
+        /// Every point of every metric too (step, value, logged_at); values exact in JSON, NaN
+        /// and infinities as "NaN", "Infinity", "-Infinity"
+        #[arg(long)]
+        history: bool,
     },
     /// Runs side by side: params (differences marked with *) and metric summaries
     Compare {
@@ -151,7 +155,7 @@ impl RunsArgs {
                 }
                 t.print(format)
             }
-            RunsCommand::Show { run } => show(&reg, run, format).await,
+            RunsCommand::Show { run, history } => show(&reg, run, history, format).await,
             RunsCommand::Compare { runs } => compare(&reg, &runs, format).await,
             RunsCommand::Search {
                 experiment,
@@ -191,11 +195,26 @@ impl RunsArgs {
     }
 }
 
-/// `albef runs show RUN`: every field, param, tag and metric summary of a run.
-async fn show(reg: &Registry, run: i64, format: Format) -> Result<()> {
+/// `albef runs show RUN [--history]`: every field, param, tag and metric summary of a run, and
+/// with `history` every metric point.
+async fn show(reg: &Registry, run: i64, history: bool, format: Format) -> Result<()> {
     let d = reg.run_detail(run).await?;
+    let mut histories = Vec::new();
+    if history {
+        for m in &d.metrics {
+            histories.push((m.key.clone(), reg.metric_history(run, &m.key).await?));
+        }
+    }
     if format == Format::Json {
-        return print_json(&serde_json::to_value(&d)?);
+        let mut out = serde_json::to_value(&d)?;
+        if history {
+            let list: Vec<Value> = histories
+                .iter()
+                .map(|(key, points)| json!({"key": key, "points": points}))
+                .collect();
+            out["history"] = Value::Array(list);
+        }
+        return print_json(&out);
     }
     let r = &d.run;
     let mut t = Table::new(["field", "value"]);
@@ -228,6 +247,14 @@ async fn show(reg: &Registry, run: i64, format: Format) -> Result<()> {
                 m.last, m.last_step, m.min, m.max, m.count
             )),
         ]);
+    }
+    for (key, points) in &histories {
+        for p in points {
+            t.push(vec![
+                json!(format!("metrics.{key}[{}]", p.step)),
+                json!(format!("{:?} (logged at {} ms)", p.value, p.logged_at)),
+            ]);
+        }
     }
     t.print(format)
 }

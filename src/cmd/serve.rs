@@ -1,5 +1,5 @@
-//! `albef serve`: opens the registry and serves its JSON API and the web dashboard
-//! (`albef_registry::http`). Prints the bound address on stdout, so that `--addr 127.0.0.1:0`
+//! `albef serve`: opens the registry and serves its JSON API, the web dashboard and the MLflow
+//! tracking API (`albef_registry::http`). Prints the bound address on stdout, so that `--addr 127.0.0.1:0`
 //! can be used by scripts and tests. It speaks plain HTTP, so it refuses an address other
 //! machines can reach unless `--allow-insecure` says that a TLS proxy or a trusted network is in
 //! front of it.
@@ -17,7 +17,8 @@ pub struct ServeArgs {
     /// a loopback address it needs --allow-insecure
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Bearer token that enables the writing endpoints (promote, rollback); without one the API is read-only
+    /// Bearer token that enables the writing endpoints (promote, rollback, MLflow's logging calls,
+    /// which send it from MLFLOW_TRACKING_TOKEN); without one the API is read-only
     #[arg(long, env = "ALBEF_SERVE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Serve plain HTTP on an address other machines can reach (behind a TLS proxy, or on a
@@ -45,7 +46,7 @@ impl ServeArgs {
         let timeout = Duration::from_secs_f64(self.statement_timeout);
         let reg = Registry::connect_with(&ctx.registry_url, timeout).await?;
         let mode = if has_token {
-            "promote and rollback need the bearer token"
+            "promote, rollback and MLflow's writes need the bearer token"
         } else {
             "read-only"
         };

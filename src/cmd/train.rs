@@ -119,7 +119,7 @@ pub struct DistArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Checkpoint: a registry id or MODEL@ALIAS
+    /// Checkpoint: a registry id, MODEL@ALIAS or models:/MODEL@ALIAS
     #[arg(long)]
     checkpoint: String,
     /// Dataset version to evaluate on: NAME or NAME@VERSION

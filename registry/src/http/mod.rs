@@ -1,9 +1,11 @@
-//! `albef serve`: the registry as a JSON API and a web page, on axum. Every read endpoint is open;
-//! the writing ones (promote, rollback) need `Authorization: Bearer TOKEN` and are switched off
-//! when the server has no token. Errors are JSON (`{"error", "status"}`, plus `column` and
-//! `input` for filter-language errors) with a matching HTTP status.
+//! `albef serve`: the registry as a JSON API and a web page, on axum, and the MLflow tracking API
+//! ([`mlflow`]) beside them. Every read endpoint is open; the writing ones (promote, rollback,
+//! and MLflow's logging calls) need `Authorization: Bearer TOKEN` and are switched off when the
+//! server has no token. Errors are JSON (`{"error", "status"}`, plus `column` and `input` for
+//! filter-language errors; MLflow's own form under its prefix) with a matching HTTP status.
 mod api;
 mod assets;
+mod mlflow;
 
 use crate::query::QueryError;
 use crate::Registry;
@@ -55,6 +57,7 @@ pub fn router(reg: Registry, token: Option<String>) -> Router {
             "/api/datasets/{name}/versions/{version}/contact-sheet",
             get(api::contact_sheet),
         )
+        .merge(mlflow::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page or endpoint") })
         .with_state(state)
 }
@@ -115,15 +118,7 @@ impl ApiError {
             };
         }
         let message = format!("{e:#}");
-        let missing = e.chain().any(|c| {
-            let s = c.to_string();
-            s.contains("does not exist")
-                || s.starts_with("no model named")
-                || s.starts_with("no dataset named")
-                || s.starts_with("no experiment named")
-                || s.contains("has no version")
-        });
-        let status = if missing {
+        let status = if is_missing(&e) {
             StatusCode::NOT_FOUND
         } else {
             otherwise
@@ -148,6 +143,19 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Whether a registry error says that what was asked for does not exist.
+fn is_missing(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let s = c.to_string();
+        s.contains("does not exist")
+            || s.starts_with("no model named")
+            || s.starts_with("no dataset named")
+            || s.starts_with("no experiment named")
+            || s.starts_with("no checkpoint holds")
+            || s.contains("has no version")
+    })
 }
 
 /// A writing request that carries the configured bearer token. As an extractor it runs before

@@ -1,13 +1,16 @@
 //! Models and their aliases as the dashboards list them: every model with the checkpoint each of
-//! its aliases points at now.
-use crate::Registry;
-use anyhow::{Context, Result};
+//! its aliases points at now. A model is made by its first promotion, or ahead of it by
+//! [`Registry::create_model`] (MLflow's `create_registered_model`).
+use crate::{check_key, is_unique_violation, now_ms, Registry};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 /// A model and where each of its aliases points now.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelAliases {
     pub name: String,
+    /// Epoch milliseconds.
+    pub created_at: i64,
     pub aliases: Vec<AliasHolder>,
 }
 
@@ -26,7 +29,7 @@ impl Registry {
         let rows = self
             .db
             .q(
-                "SELECT m.name, a.alias, a.checkpoint_id, a.updated_at FROM models m \
+                "SELECT m.name, m.created_at, a.alias, a.checkpoint_id, a.updated_at FROM models m \
                 LEFT JOIN aliases a ON a.model_id = m.id ORDER BY m.name, a.alias",
             )
             .fetch_all(&self.db)
@@ -38,6 +41,7 @@ impl Registry {
             if out.last().map(|m| &m.name) != Some(&name) {
                 out.push(ModelAliases {
                     name,
+                    created_at: r.get("created_at")?,
                     aliases: Vec::new(),
                 });
             }
@@ -51,5 +55,34 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// One model with its aliases.
+    pub async fn model(&self, name: &str) -> Result<ModelAliases> {
+        let models = self.models().await?;
+        match models.into_iter().find(|m| m.name == name) {
+            Some(m) => Ok(m),
+            None => bail!("no model named {name:?}"),
+        }
+    }
+
+    /// Creates a model that holds no alias yet; fails if it exists.
+    pub async fn create_model(&self, name: &str) -> Result<()> {
+        check_key("model", name)?;
+        if name.contains('@') {
+            bail!("model names cannot contain '@' (got {name:?})");
+        }
+        let mut tx = self.db.begin().await?;
+        let inserted = tx
+            .q("INSERT INTO models (name, created_at) VALUES ($1, $2)")
+            .bind(name.to_string())
+            .bind(now_ms())
+            .execute(&mut tx)
+            .await;
+        match inserted {
+            Ok(_) => tx.commit().await,
+            Err(e) if is_unique_violation(&e) => bail!("model {name:?} already exists"),
+            Err(e) => Err(e).with_context(|| format!("creating model {name:?}")),
+        }
     }
 }

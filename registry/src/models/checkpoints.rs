@@ -150,13 +150,15 @@ impl Registry {
         Ok(ckpt)
     }
 
-    /// `"42"` (an id) or `"MODEL@ALIAS"` (the checkpoint holding that alias now).
+    /// `"42"` (an id), or `"MODEL@ALIAS"` or MLflow's `"models:/MODEL@ALIAS"` (the checkpoint
+    /// holding that alias now).
     pub async fn resolve_checkpoint(&self, spec: &str) -> Result<Checkpoint> {
         if let Ok(id) = spec.trim().parse::<i64>() {
             return self.checkpoint(id).await;
         }
-        let Some((model, alias)) = spec.split_once('@') else {
-            bail!("checkpoint {spec:?}: expected an id or MODEL@ALIAS");
+        let reference = spec.strip_prefix("models:/").unwrap_or(spec);
+        let Some((model, alias)) = reference.split_once('@') else {
+            bail!("checkpoint {spec:?}: expected an id, MODEL@ALIAS or models:/MODEL@ALIAS");
         };
         let row = self
             .db

@@ -1,7 +1,8 @@
 //! The promotion workflow: an alias of a model (`albef@production`) points at one checkpoint;
 //! promoting moves it, after a gate (`metrics.r1 >= current`) is evaluated against the checkpoint
 //! that holds it now, in the same transaction, and records an append-only event. Rollback moves
-//! the alias back to the holder before the last promotion and is recorded too. The model row is
+//! the alias back to the holder before the last promotion and is recorded too, as is removing an
+//! alias (which ends its chain: a later rollback does not reach past the removal). The model row is
 //! locked (`FOR UPDATE` on Postgres; `BEGIN IMMEDIATE` takes the write lock on SQLite), so that
 //! concurrent promotions run one after another and the history stays a chain.
 use super::checkpoints::{load, verify_file, Checkpoint};
@@ -157,13 +158,14 @@ pub struct PromotionEvent {
     pub id: i64,
     pub model: String,
     pub alias: String,
-    /// "promote" or "rollback".
+    /// "promote", "rollback" or "remove".
     pub kind: String,
     pub actor: String,
     /// Epoch milliseconds.
     pub at: i64,
     pub previous_checkpoint_id: Option<i64>,
-    pub new_checkpoint_id: i64,
+    /// None for a removal.
+    pub new_checkpoint_id: Option<i64>,
     pub gate: Option<String>,
     pub gate_result: Option<String>,
     pub reason: Option<String>,
@@ -202,7 +204,7 @@ async fn holder(tx: &mut Tx, model_id: i64, alias: &str) -> Result<Option<i64>> 
     })
 }
 
-/// Moves the alias and appends the event, inside `tx`.
+/// Moves the alias (`new`: None removes it) and appends the event, inside `tx`.
 #[allow(clippy::too_many_arguments)]
 async fn move_alias(
     tx: &mut Tx,
@@ -211,24 +213,27 @@ async fn move_alias(
     kind: &'static str,
     actor: &str,
     previous: Option<i64>,
-    new: i64,
+    new: Option<i64>,
     gate: Option<&str>,
     gate_result: Option<String>,
     reason: Option<&str>,
 ) -> Result<(i64, i64)> {
     let at = now_ms();
-    tx.q(
-        "INSERT INTO aliases (model_id, alias, checkpoint_id, updated_at) VALUES ($1, $2, $3, $4) \
-          ON CONFLICT (model_id, alias) DO UPDATE SET checkpoint_id = excluded.checkpoint_id, \
-          updated_at = excluded.updated_at",
-    )
-    .bind(model_id)
-    .bind(alias.to_string())
-    .bind(new)
-    .bind(at)
-    .execute(&mut *tx)
-    .await
-    .context("moving the alias")?;
+    let change = match new {
+        Some(new) => tx
+            .q("INSERT INTO aliases (model_id, alias, checkpoint_id, updated_at) VALUES ($1, $2, $3, $4) \
+                ON CONFLICT (model_id, alias) DO UPDATE SET checkpoint_id = excluded.checkpoint_id, \
+                updated_at = excluded.updated_at")
+            .bind(model_id)
+            .bind(alias.to_string())
+            .bind(new)
+            .bind(at),
+        None => tx
+            .q("DELETE FROM aliases WHERE model_id = $1 AND alias = $2")
+            .bind(model_id)
+            .bind(alias.to_string()),
+    };
+    change.execute(&mut *tx).await.context("moving the alias")?;
     let id: i64 = tx
         .q("INSERT INTO promotion_events (model_id, alias, kind, actor, at, previous_checkpoint_id, \
             new_checkpoint_id, gate, gate_result, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -321,7 +326,7 @@ impl Registry {
             "promote",
             &req.actor,
             previous,
-            candidate.id,
+            Some(candidate.id),
             req.require.as_deref(),
             gate_result.clone(),
             req.reason.as_deref(),
@@ -336,7 +341,7 @@ impl Registry {
             actor: req.actor.clone(),
             at,
             previous_checkpoint_id: previous,
-            new_checkpoint_id: candidate.id,
+            new_checkpoint_id: Some(candidate.id),
             gate: req.require.clone(),
             gate_result,
             reason: req.reason.clone(),
@@ -366,13 +371,15 @@ impl Registry {
             .fetch_all(&mut tx)
             .await
             .context("reading the promotion history")?;
-        // Replay: a promotion pushes its checkpoint, a rollback pops one.
+        // Replay: a promotion pushes its checkpoint, a rollback pops one, a removal clears all.
         let mut stack: Vec<i64> = Vec::new();
         for e in &events {
-            if e.get::<String>("kind")? == "promote" {
-                stack.push(e.get("new_checkpoint_id")?);
-            } else {
-                stack.pop();
+            match e.get::<String>("kind")?.as_str() {
+                "promote" => stack.push(e.get("new_checkpoint_id")?),
+                "rollback" => {
+                    stack.pop();
+                }
+                _ => stack.clear(),
             }
         }
         if stack.last() != Some(&current) {
@@ -392,7 +399,7 @@ impl Registry {
             "rollback",
             actor,
             Some(current),
-            target,
+            Some(target),
             None,
             None,
             reason,
@@ -407,7 +414,51 @@ impl Registry {
             actor: actor.to_string(),
             at,
             previous_checkpoint_id: Some(current),
-            new_checkpoint_id: target,
+            new_checkpoint_id: Some(target),
+            gate: None,
+            gate_result: None,
+            reason: reason.map(str::to_string),
+        })
+    }
+
+    /// Removes `model@alias` and records a removal event: nothing holds the alias afterwards,
+    /// until a promotion gives it a holder again.
+    pub async fn remove_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<PromotionEvent> {
+        self.model_id(model).await?;
+        let mut tx = self.db.begin().await?;
+        let model_id = lock_model(&mut tx, model).await?;
+        let Some(current) = holder(&mut tx, model_id, alias).await? else {
+            bail!("alias {model}@{alias} does not exist; nothing to remove");
+        };
+        let (id, at) = move_alias(
+            &mut tx,
+            model_id,
+            alias,
+            "remove",
+            actor,
+            Some(current),
+            None,
+            None,
+            None,
+            reason,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(PromotionEvent {
+            id,
+            model: model.to_string(),
+            alias: alias.to_string(),
+            kind: "remove".into(),
+            actor: actor.to_string(),
+            at,
+            previous_checkpoint_id: Some(current),
+            new_checkpoint_id: None,
             gate: None,
             gate_result: None,
             reason: reason.map(str::to_string),

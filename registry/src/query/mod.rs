@@ -10,7 +10,8 @@
 //! or       := and ("OR" and)*
 //! and      := unary ("AND" unary)*
 //! unary    := "(" or ")" | cmp
-//! cmp      := field op value | field ["NOT"] "IN" "(" value ("," value)* ")" | field ["NOT"] "LIKE" string
+//! cmp      := field op value | field ["NOT"] "IN" "(" value ("," value)* ")"
+//!           | field ["NOT"] ("LIKE" | "ILIKE") string
 //! field    := ("min" | "max") "(" "metrics" "." name ")" | ("metrics" | "params" | "tags") "." name
 //!           | ["attributes" "."] ("status" | "name" | "experiment" | "start_time" | "end_time" | "id")
 //! name     := word ("." word)* | `quoted` | "quoted"
@@ -104,7 +105,7 @@ pub enum Literal {
     Str(String),
 }
 
-/// The comparison operators; `Like` is only for string fields.
+/// The comparison operators; `Like` and `ILike` (case-insensitive) are only for string fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Eq,
@@ -115,6 +116,8 @@ pub enum Op {
     Ge,
     Like,
     NotLike,
+    ILike,
+    NotILike,
 }
 
 impl Op {
@@ -128,10 +131,12 @@ impl Op {
             Op::Ge => ">=",
             Op::Like => "LIKE",
             Op::NotLike => "NOT LIKE",
+            Op::ILike => "ILIKE",
+            Op::NotILike => "NOT ILIKE",
         }
     }
 
-    /// Applies a numeric comparison (`Like` never holds on numbers).
+    /// Applies a numeric comparison (the LIKE family never holds on numbers).
     pub fn holds(self, a: f64, b: f64) -> bool {
         match self {
             Op::Eq => a == b,
@@ -140,7 +145,7 @@ impl Op {
             Op::Le => a <= b,
             Op::Gt => a > b,
             Op::Ge => a >= b,
-            Op::Like | Op::NotLike => false,
+            Op::Like | Op::NotLike | Op::ILike | Op::NotILike => false,
         }
     }
 }

@@ -220,31 +220,38 @@ impl<'a> FieldParser<'a> {
                 values,
             });
         }
-        if self.keyword("LIKE") {
+        let like = ["LIKE", "ILIKE"].into_iter().find(|kw| self.keyword(kw));
+        if let Some(kw) = like {
             if field.is_numeric() {
                 return Err(self.error_at(
                     op_token.col,
-                    format!("LIKE applies to params, tags and text attributes, not to {field}"),
+                    format!("{kw} applies to params, tags and text attributes, not to {field}"),
                 ));
             }
             let pattern_col = self.peek().col;
-            let value = self.value(&field, "after LIKE")?;
+            let value = self.value(&field, &format!("after {kw}"))?;
             if let Literal::Str(p) = &value {
                 let trailing = p.chars().rev().take_while(|&c| c == '\\').count();
                 if trailing % 2 == 1 {
                     return Err(self.error_at(
                         pattern_col,
-                        "the LIKE pattern ends with a lone '\\' (write '\\\\' for a backslash)"
-                            .into(),
+                        format!(
+                            "the {kw} pattern ends with a lone '\\' (write '\\\\' for a backslash)"
+                        ),
                     ));
                 }
             }
-            let op = if negated { Op::NotLike } else { Op::Like };
+            let op = match (kw, negated) {
+                ("LIKE", false) => Op::Like,
+                ("LIKE", true) => Op::NotLike,
+                (_, false) => Op::ILike,
+                (_, true) => Op::NotILike,
+            };
             return Ok(Expr::Cmp { field, op, value });
         }
         if negated {
             return Err(self.error_here(format!(
-                "expected IN or LIKE after NOT, found {}",
+                "expected IN, LIKE or ILIKE after NOT, found {}",
                 self.peek().tok.describe()
             )));
         }
@@ -254,9 +261,9 @@ impl<'a> FieldParser<'a> {
                 return Err(self.error_at(
                     op_token.col,
                     format!(
-                        "expected an operator (= != < <= > >= LIKE IN) after {field}, found {}",
-                        other.describe()
-                    ),
+                    "expected an operator (= != < <= > >= LIKE ILIKE IN) after {field}, found {}",
+                    other.describe()
+                ),
                 ))
             }
         };
@@ -532,6 +539,22 @@ mod tests {
         let e = parse_order_by(&order).unwrap_err();
         assert_eq!(e.message, "more than 8 order terms");
         assert!(parse_order_by(&["params.lr"; 8].join(", ")).is_ok());
+    }
+
+    #[test]
+    fn ilike_is_its_own_operator() {
+        let e = parse_filter("tags.t NOT ILIKE 'a%' AND name ILIKE 'B_'").unwrap();
+        let Expr::And(l, r) = e else { panic!("{e:?}") };
+        assert!(matches!(
+            *l,
+            Expr::Cmp {
+                op: Op::NotILike,
+                ..
+            }
+        ));
+        assert!(matches!(*r, Expr::Cmp { op: Op::ILike, .. }));
+        let e = err("metrics.x ILIKE 'a'");
+        assert!(e.message.starts_with("ILIKE applies"), "{}", e.message);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `LIKE` is case-sensitive on both backends, with `%` (any run of characters), `_` (one
 //! character) and `\` (takes the next character literally). Postgres's `LIKE` reads patterns
 //! so; SQLite's folds ASCII case, so there the pattern is translated to a `GLOB` pattern, which
-//! is case-sensitive.
+//! is case-sensitive. `ILIKE` folds case: Postgres's `ILIKE`, and on SQLite its `LIKE` with `\`
+//! as the escape, which folds ASCII letters only.
 use super::{Agg, Attr, Expr, Field, Literal, Op, OrderTerm};
 use crate::db::Dialect;
 
@@ -118,6 +119,15 @@ pub fn where_sql(expr: &Expr, params: &mut SqlParams, dialect: Dialect) -> Strin
             let v = params.push(Param::Text(like_to_glob(pattern)));
             let not = if *op == Op::NotLike { "NOT " } else { "" };
             format!("{col} {not}GLOB {v}")
+        }),
+        Expr::Cmp {
+            field,
+            op: op @ (Op::ILike | Op::NotILike),
+            value,
+        } if dialect == Dialect::Sqlite => on_field(field, params, |col, params| {
+            let v = params.literal(field, value);
+            let not = if *op == Op::NotILike { "NOT " } else { "" };
+            format!("{col} {not}LIKE {v} ESCAPE '\\'")
         }),
         Expr::Cmp { field, op, value } => on_field(field, params, |col, params| {
             let v = params.literal(field, value);
@@ -338,6 +348,16 @@ mod tests {
             "(r.name NOT GLOB $1 AND EXISTS (SELECT 1 FROM tags x WHERE x.run_id = r.id AND x.key = $2 AND x.value GLOB $3))"
         );
         assert_eq!(params.values[0], Param::Text("A*".into()));
+    }
+
+    #[test]
+    fn ilike_is_like_with_an_escape_on_sqlite() {
+        let filter = parse_filter("tags.t ILIKE 'a\\_%'").unwrap();
+        let mut params = SqlParams::default();
+        let sql = where_sql(&filter, &mut params, Dialect::Sqlite);
+        assert!(sql.ends_with("x.value LIKE $2 ESCAPE '\\')"), "{sql}");
+        let sql = where_sql(&filter, &mut SqlParams::default(), Dialect::Postgres);
+        assert!(sql.ends_with("x.value ILIKE $2)"), "{sql}");
     }
 
     #[test]

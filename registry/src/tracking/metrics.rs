@@ -12,6 +12,11 @@
 //!
 //! Re-logging a (run, key, step) that is already stored keeps the first value (idempotent
 //! retries); the channel is unbounded, so memory grows only if the database falls behind.
+//!
+//! [`Registry::log_batch`] writes params, tags and points of a client that gives its own
+//! timestamps (the MLflow API) at once, in one durable transaction, through the same inserts;
+//! it stores any double, NaN and the infinities included, which the writer refuses.
+use super::runs::{insert_params, upsert_tags};
 use crate::db::{Db, Dialect, Tx};
 use crate::{check_key, now_ms, Registry};
 use anyhow::{anyhow, bail, Context, Result};
@@ -44,6 +49,18 @@ struct Point {
     key: Arc<str>,
     step: i64,
     value: f64,
+    /// Epoch milliseconds; the writer's task stamps the points as it receives them.
+    logged_at: i64,
+}
+
+/// One point as a client logged it, with its own time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedPoint {
+    pub key: String,
+    pub step: i64,
+    pub value: f64,
+    /// Epoch milliseconds.
+    pub logged_at: i64,
 }
 
 /// Buffers metric points of one run and writes them in the background. See the module docs.
@@ -77,7 +94,13 @@ impl MetricWriter {
                 }
             }
         };
-        self.tx.send(Point { key, step, value }).map_err(|_| {
+        let point = Point {
+            key,
+            step,
+            value,
+            logged_at: 0,
+        };
+        self.tx.send(point).map_err(|_| {
             let cause = self.failure.lock().expect("failure slot poisoned").clone();
             anyhow!(
                 "the metric writer of run {} has stopped: {}",
@@ -130,11 +153,15 @@ async fn drain(
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let room = batch - buffer.len();
+        let (room, received) = (batch - buffer.len(), buffer.len());
         let (closed, tick) = tokio::select! {
             n = rx.recv_many(&mut buffer, room) => (n == 0, false),
             _ = ticker.tick() => (false, true),
         };
+        let now = now_ms();
+        for p in &mut buffer[received..] {
+            p.logged_at = now;
+        }
         let due = closed || tick || buffer.len() >= batch;
         if !buffer.is_empty() && due {
             if let Err(e) = write_points(&db, run, &buffer, closed).await {
@@ -175,6 +202,56 @@ async fn write_batch(db: &Db, run: i64, points: &[Point], durable: bool) -> Resu
             .execute(&mut **t)
             .await?;
     }
+    lock_run(&mut tx, run).await?;
+    insert_points(&mut tx, run, points).await?;
+    tx.commit().await
+}
+
+impl Registry {
+    /// Writes params, tags and metric points of one run in one durable transaction: all of them
+    /// or, when one is refused (a param that would change, a bad key, a run that does not
+    /// exist), none. Params and points follow the rules of [`Registry::log_params`] and the
+    /// writer (a stored (key, step) keeps its first value); tags are overwritten. Unlike the
+    /// writer it stores NaN and the infinities, and each point's own time.
+    pub async fn log_batch(
+        &self,
+        run: i64,
+        params: &[(String, String)],
+        tags: &[(String, String)],
+        points: &[LoggedPoint],
+    ) -> Result<()> {
+        for (kind, keys) in [("param", params), ("tag", tags)] {
+            for (k, _) in keys {
+                check_key(kind, k)?;
+            }
+        }
+        let mut keys: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut batch = Vec::with_capacity(points.len());
+        for p in points {
+            check_key("metric", &p.key)?;
+            let key = keys
+                .entry(&p.key)
+                .or_insert_with(|| Arc::from(p.key.as_str()));
+            batch.push(Point {
+                key: key.clone(),
+                step: p.step,
+                value: p.value,
+                logged_at: p.logged_at,
+            });
+        }
+        let mut tx = self.db.begin().await?;
+        lock_run(&mut tx, run).await?;
+        insert_params(&mut tx, run, params).await?;
+        upsert_tags(&mut tx, run, tags).await?;
+        insert_points(&mut tx, run, &batch).await?;
+        tx.commit().await
+    }
+}
+
+/// Locks the run's row against other writers of its points until the transaction ends
+/// (Postgres; SQLite's `BEGIN IMMEDIATE` already holds the database's write lock), and fails
+/// when the run does not exist.
+async fn lock_run(tx: &mut Tx, run: i64) -> Result<()> {
     let lock = match tx.dialect() {
         Dialect::Postgres => "SELECT id FROM runs WHERE id = $1 FOR NO KEY UPDATE",
         Dialect::Sqlite => "SELECT id FROM runs WHERE id = $1",
@@ -182,19 +259,24 @@ async fn write_batch(db: &Db, run: i64, points: &[Point], durable: bool) -> Resu
     if tx
         .q(lock)
         .bind(run)
-        .fetch_optional(&mut tx)
+        .fetch_optional(&mut *tx)
         .await?
         .is_none()
     {
         bail!("cannot log metrics: run {run} does not exist");
     }
+    Ok(())
+}
+
+/// Inserts the points not stored yet, and updates the summaries, inside `tx`.
+async fn insert_points(tx: &mut Tx, run: i64, points: &[Point]) -> Result<()> {
     let mut ranges: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for p in points {
         let r = ranges.entry(&p.key).or_insert((p.step, p.step));
         r.0 = r.0.min(p.step);
         r.1 = r.1.max(p.step);
     }
-    let stored = stored_steps(&mut tx, run, &ranges).await?;
+    let stored = stored_steps(tx, run, &ranges).await?;
     let mut seen: HashSet<(&str, i64)> = stored.iter().map(|(k, s)| (k.as_str(), *s)).collect();
     // The first value of each (key, step) wins; in key order, each key's index pages are
     // touched once in a row.
@@ -204,15 +286,13 @@ async fn write_batch(db: &Db, run: i64, points: &[Point], durable: bool) -> Resu
         .collect();
     fresh.sort_by(|a, b| (&*a.key, a.step).cmp(&(&*b.key, b.step)));
     if fresh.is_empty() {
-        return tx.commit().await;
+        return Ok(());
     }
     let deltas = summarise(&fresh);
-    let now = now_ms();
-    match &mut tx {
-        Tx::Pg(t) => write_pg(t, run, now, &fresh, &deltas).await?,
-        Tx::Sqlite(t) => write_sqlite(t, run, now, &fresh, &deltas).await?,
+    match tx {
+        Tx::Pg(t) => write_pg(t, run, &fresh, &deltas).await,
+        Tx::Sqlite(t) => write_sqlite(t, run, &fresh, &deltas).await,
     }
-    tx.commit().await
 }
 
 /// The (key, step) pairs already stored for `run` within each key's step range.
@@ -274,7 +354,27 @@ struct Delta<'a> {
     count: i64,
 }
 
-/// The summary delta of each key, in key order, from points sorted by (key, step).
+/// The smaller of two values in the order both databases give doubles: NaN above every number.
+fn least(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// The larger of two values in the same order as [`least`].
+fn greatest(a: f64, b: f64) -> f64 {
+    if b.is_nan() || b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// The summary delta of each key, in key order, from points sorted by (key, step). Min and max
+/// order NaN above every number, as the databases' LEAST and GREATEST do when the delta is
+/// merged into the stored summary.
 fn summarise<'a>(sorted: &[&'a Point]) -> Vec<Delta<'a>> {
     let mut deltas: Vec<Delta<'a>> = Vec::new();
     for p in sorted {
@@ -283,8 +383,8 @@ fn summarise<'a>(sorted: &[&'a Point]) -> Vec<Delta<'a>> {
                 // Sorted by step within a key: this point is the latest so far.
                 d.last_step = p.step;
                 d.last_value = p.value;
-                d.min = d.min.min(p.value);
-                d.max = d.max.max(p.value);
+                d.min = least(d.min, p.value);
+                d.max = greatest(d.max, p.value);
                 d.count += 1;
             }
             _ => deltas.push(Delta {
@@ -307,7 +407,7 @@ const PG_COPY: &str =
 
 /// The binary COPY stream of `points`: the signature, flags and header extension, then per row
 /// the field count and each field as its length and big-endian value, then the -1 trailer.
-fn pg_copy_rows(run: i64, now: i64, points: &[&Point]) -> Vec<u8> {
+fn pg_copy_rows(run: i64, points: &[&Point]) -> Vec<u8> {
     let mut out = Vec::with_capacity(19 + points.len() * 58 + 2);
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&0i32.to_be_bytes());
@@ -323,7 +423,7 @@ fn pg_copy_rows(run: i64, now: i64, points: &[&Point]) -> Vec<u8> {
         out.extend_from_slice(&8i32.to_be_bytes());
         out.extend_from_slice(&p.value.to_bits().to_be_bytes());
         out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&now.to_be_bytes());
+        out.extend_from_slice(&p.logged_at.to_be_bytes());
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -346,12 +446,11 @@ ON CONFLICT (run_id, key) DO UPDATE SET
 async fn write_pg(
     t: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     run: i64,
-    now: i64,
     points: &[&Point],
     deltas: &[Delta<'_>],
 ) -> Result<()> {
     let mut copy = t.copy_in_raw(PG_COPY).await?;
-    copy.send(pg_copy_rows(run, now, points)).await?;
+    copy.send(pg_copy_rows(run, points)).await?;
     let copied = copy.finish().await?;
     if copied != points.len() as u64 {
         bail!("COPY stored {copied} of {} metric points", points.len());
@@ -369,9 +468,11 @@ async fn write_pg(
     Ok(())
 }
 
+/// SQLite stores a bound NaN as NULL, which `coalesce` turns into the text that stands for NaN
+/// (see `MetricValue` in db.rs); its scalar min() and max() order that text above every number.
 const SQLITE_SUMMARY: &str = "\
 INSERT INTO metric_summaries (run_id, key, last_value, last_step, min_value, max_value, count)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+VALUES ($1, $2, coalesce($3, 'NaN'), $4, coalesce($5, 'NaN'), coalesce($6, 'NaN'), $7)
 ON CONFLICT (run_id, key) DO UPDATE SET
     last_value = CASE WHEN excluded.last_step >= metric_summaries.last_step
                       THEN excluded.last_value ELSE metric_summaries.last_value END,
@@ -385,7 +486,6 @@ ON CONFLICT (run_id, key) DO UPDATE SET
 async fn write_sqlite(
     t: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     run: i64,
-    now: i64,
     points: &[&Point],
     deltas: &[Delta<'_>],
 ) -> Result<()> {
@@ -393,10 +493,10 @@ async fn write_sqlite(
         let mut handle = t.lock_handle().await?;
         let mut insert = crate::sqlite_raw::Statement::prepare(
             &mut handle,
-            "INSERT INTO metrics (run_id, key, step, value, logged_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO metrics (run_id, key, step, value, logged_at) \
+             VALUES (?1, ?2, ?3, coalesce(?4, 'NaN'), ?5)",
         )?;
         insert.bind_i64(1, run)?;
-        insert.bind_i64(5, now)?;
         let mut key: Option<&str> = None;
         for p in points {
             // Sorted by key: each key is bound once.
@@ -406,6 +506,7 @@ async fn write_sqlite(
             }
             insert.bind_i64(3, p.step)?;
             insert.bind_f64(4, p.value)?;
+            insert.bind_i64(5, p.logged_at)?;
             insert.execute()?;
         }
     }
@@ -429,11 +530,31 @@ mod tests {
     use super::{summarise, Delta, Point};
 
     #[test]
+    fn nan_is_above_every_number_in_summaries() {
+        let point = |step, value| Point {
+            key: "loss".into(),
+            step,
+            value,
+            logged_at: 0,
+        };
+        let points = [point(1, f64::NAN), point(2, 3.0), point(3, -1.0)];
+        let sorted: Vec<&Point> = points.iter().collect();
+        let d = &summarise(&sorted)[0];
+        assert_eq!((d.min, d.last_value, d.count), (-1.0, -1.0, 3));
+        assert!(d.max.is_nan());
+        let only_nan = [point(1, f64::NAN)];
+        let d = &summarise(&only_nan.iter().collect::<Vec<_>>())[0];
+        assert!(d.min.is_nan() && d.max.is_nan());
+        assert_eq!(super::least(f64::INFINITY, f64::NAN), f64::INFINITY);
+    }
+
+    #[test]
     fn summaries_per_key_from_sorted_points() {
         let point = |key: &str, step, value| Point {
             key: key.into(),
             step,
             value,
+            logged_at: 0,
         };
         let points = [
             point("acc", 3, 0.5),

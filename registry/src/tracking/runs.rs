@@ -1,6 +1,7 @@
 //! Experiments and runs: create a run (its experiment on demand), record params, tags and the
 //! dataset version it trained on, finish it, and read runs back with their metric summaries.
-use crate::db::{Db, Row, Tx};
+use super::experiments::experiment_id;
+use crate::db::{MetricValue, Row, Tx};
 use crate::status::status_enum;
 use crate::{check_key, host_name, is_unique_violation, now_ms, Registry};
 use anyhow::{bail, Context, Result};
@@ -35,13 +36,17 @@ pub struct Run {
     pub end_time: Option<i64>,
 }
 
-/// The per-run summary of one metric, kept up to date with every flush.
+/// The per-run summary of one metric, kept up to date with every flush. Values serialize as
+/// [`crate::json_float`] writes them (NaN and the infinities as strings).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MetricSummary {
     pub key: String,
+    #[serde(serialize_with = "crate::json_float::serialize")]
     pub last: f64,
     pub last_step: i64,
+    #[serde(serialize_with = "crate::json_float::serialize")]
     pub min: f64,
+    #[serde(serialize_with = "crate::json_float::serialize")]
     pub max: f64,
     pub count: i64,
 }
@@ -50,7 +55,20 @@ pub struct MetricSummary {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct MetricPoint {
     pub step: i64,
+    #[serde(serialize_with = "crate::json_float::serialize")]
     pub value: f64,
+    /// Epoch milliseconds: when the writer received the point, or the time its client gave.
+    pub logged_at: i64,
+}
+
+/// What a new run records about where it comes from; the default is this process: its host,
+/// its code version and the current time.
+#[derive(Clone, Debug, Default)]
+pub struct RunOrigin {
+    /// Epoch milliseconds.
+    pub start_time: Option<i64>,
+    pub host: Option<String>,
+    pub code_version: Option<String>,
 }
 
 /// A run with everything recorded about it.
@@ -113,17 +131,73 @@ pub(crate) async fn run_status(tx: &mut Tx, run: i64) -> Result<RunStatus> {
     }
 }
 
-async fn experiment_id(db: &Db, name: &str) -> Result<i64> {
-    let row = db
-        .q("SELECT id FROM experiments WHERE name = $1")
-        .bind(name.to_string())
-        .fetch_optional(db)
-        .await
-        .with_context(|| format!("reading experiment {name:?}"))?;
-    match row {
-        Some(row) => Ok(row.get("id")?),
-        None => bail!("no experiment named {name:?}"),
+/// Records params inside `tx`. A param is written once: the same value again is fine, a
+/// different value is an error.
+pub(super) async fn insert_params(
+    tx: &mut Tx,
+    run: i64,
+    params: &[(String, String)],
+) -> Result<()> {
+    for (k, v) in params {
+        let inserted = tx
+            .q(
+                "INSERT INTO params (run_id, key, value) VALUES ($1, $2, $3) \
+                ON CONFLICT (run_id, key) DO NOTHING",
+            )
+            .bind(run)
+            .bind(k.clone())
+            .bind(v.clone())
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("logging param {k:?} of run {run}"))?;
+        if inserted == 0 {
+            let old: String = tx
+                .q("SELECT value FROM params WHERE run_id = $1 AND key = $2")
+                .bind(run)
+                .bind(k.clone())
+                .fetch_one(&mut *tx)
+                .await?
+                .get("value")?;
+            if &old != v {
+                bail!("param {k:?} of run {run} is already {old:?} and cannot change to {v:?}");
+            }
+        }
     }
+    Ok(())
+}
+
+/// Sets tags inside `tx`, overwriting earlier values.
+pub(super) async fn upsert_tags(tx: &mut Tx, run: i64, tags: &[(String, String)]) -> Result<()> {
+    for (k, v) in tags {
+        tx.q("INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3) \
+              ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value")
+            .bind(run)
+            .bind(k.clone())
+            .bind(v.clone())
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("setting tag {k:?} of run {run}"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn summary_from_row(r: &Row) -> Result<MetricSummary> {
+    Ok(MetricSummary {
+        key: r.get("key")?,
+        last: r.get::<MetricValue>("last_value")?.0,
+        last_step: r.get("last_step")?,
+        min: r.get::<MetricValue>("min_value")?.0,
+        max: r.get::<MetricValue>("max_value")?.0,
+        count: r.get("count")?,
+    })
+}
+
+fn point_from_row(r: &Row) -> Result<MetricPoint> {
+    Ok(MetricPoint {
+        step: r.get("step")?,
+        value: r.get::<MetricValue>("value")?.0,
+        logged_at: r.get("logged_at")?,
+    })
 }
 
 impl Registry {
@@ -131,6 +205,19 @@ impl Registry {
     /// The name must be unique within the experiment. Records the host, the code version
     /// (`git describe`, else the package version) and the start time.
     pub async fn create_run(&self, experiment: &str, name: &str, config: &Value) -> Result<i64> {
+        self.create_run_from(experiment, name, config, &RunOrigin::default())
+            .await
+    }
+
+    /// [`Registry::create_run`] for a run started elsewhere: `origin` gives its start time, host
+    /// and code version where this process's would be wrong.
+    pub async fn create_run_from(
+        &self,
+        experiment: &str,
+        name: &str,
+        config: &Value,
+        origin: &RunOrigin,
+    ) -> Result<i64> {
         check_key("experiment", experiment)?;
         check_key("run", name)?;
         let mut tx = self.db.begin().await?;
@@ -146,9 +233,9 @@ impl Registry {
             .bind(experiment.to_string())
             .bind(name.to_string())
             .bind(Json(config.clone()))
-            .bind(code_version().to_string())
-            .bind(host_name().unwrap_or_else(|| "unknown".into()))
-            .bind(now_ms())
+            .bind(origin.code_version.clone().unwrap_or_else(|| code_version().to_string()))
+            .bind(origin.host.clone().or_else(host_name).unwrap_or_else(|| "unknown".into()))
+            .bind(origin.start_time.unwrap_or_else(now_ms))
             .fetch_one(&mut tx)
             .await;
         let id: i64 = match insert {
@@ -193,31 +280,7 @@ impl Registry {
         }
         let mut tx = self.db.begin().await?;
         run_status(&mut tx, run).await?;
-        for (k, v) in params {
-            let inserted = tx
-                .q(
-                    "INSERT INTO params (run_id, key, value) VALUES ($1, $2, $3) \
-                    ON CONFLICT (run_id, key) DO NOTHING",
-                )
-                .bind(run)
-                .bind(k.clone())
-                .bind(v.clone())
-                .execute(&mut tx)
-                .await
-                .with_context(|| format!("logging param {k:?} of run {run}"))?;
-            if inserted == 0 {
-                let old: String = tx
-                    .q("SELECT value FROM params WHERE run_id = $1 AND key = $2")
-                    .bind(run)
-                    .bind(k.clone())
-                    .fetch_one(&mut tx)
-                    .await?
-                    .get("value")?;
-                if &old != v {
-                    bail!("param {k:?} of run {run} is already {old:?} and cannot change to {v:?}");
-                }
-            }
-        }
+        insert_params(&mut tx, run, params).await?;
         tx.commit().await
     }
 
@@ -228,21 +291,87 @@ impl Registry {
         }
         let mut tx = self.db.begin().await?;
         run_status(&mut tx, run).await?;
-        for (k, v) in tags {
-            tx.q("INSERT INTO tags (run_id, key, value) VALUES ($1, $2, $3) \
-                  ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value")
+        upsert_tags(&mut tx, run, tags).await?;
+        tx.commit().await
+    }
+
+    /// Removes a tag; fails if the run has no tag `key`.
+    pub async fn delete_tag(&self, run: i64, key: &str) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        run_status(&mut tx, run).await?;
+        let deleted = tx
+            .q("DELETE FROM tags WHERE run_id = $1 AND key = $2")
+            .bind(run)
+            .bind(key.to_string())
+            .execute(&mut tx)
+            .await
+            .with_context(|| format!("deleting tag {key:?} of run {run}"))?;
+        if deleted == 0 {
+            bail!("tag {key:?} of run {run} does not exist");
+        }
+        tx.commit().await
+    }
+
+    /// Renames a run; the name must stay unique within its experiment.
+    pub async fn rename_run(&self, run: i64, name: &str) -> Result<()> {
+        check_key("run", name)?;
+        let mut tx = self.db.begin().await?;
+        run_status(&mut tx, run).await?;
+        let renamed = tx
+            .q("UPDATE runs SET name = $2 WHERE id = $1")
+            .bind(run)
+            .bind(name.to_string())
+            .execute(&mut tx)
+            .await;
+        match renamed {
+            Ok(_) => tx.commit().await,
+            Err(e) if is_unique_violation(&e) => {
+                bail!("cannot rename run {run}: a run named {name:?} already exists in its experiment")
+            }
+            Err(e) => Err(e).with_context(|| format!("renaming run {run} to {name:?}")),
+        }
+    }
+
+    /// Deletes a run with its params, tags and metrics, for good. A run that registered
+    /// checkpoints is refused: they, their aliases and the promotion history refer to it.
+    pub async fn delete_run(&self, run: i64) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        run_status(&mut tx, run).await?;
+        let checkpoints = tx
+            .q("SELECT count(*) AS n FROM checkpoints WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(&mut tx)
+            .await?
+            .get::<i64>("n")?;
+        if checkpoints > 0 {
+            bail!(
+                "run {run} registered {checkpoints} checkpoint(s), which the model registry refers \
+                 to; it cannot be deleted"
+            );
+        }
+        for sql in [
+            "DELETE FROM metrics WHERE run_id = $1",
+            "DELETE FROM metric_summaries WHERE run_id = $1",
+            "DELETE FROM params WHERE run_id = $1",
+            "DELETE FROM tags WHERE run_id = $1",
+            "DELETE FROM runs WHERE id = $1",
+        ] {
+            tx.q(sql)
                 .bind(run)
-                .bind(k.clone())
-                .bind(v.clone())
                 .execute(&mut tx)
                 .await
-                .with_context(|| format!("setting tag {k:?} of run {run}"))?;
+                .with_context(|| format!("deleting run {run}"))?;
         }
         tx.commit().await
     }
 
     /// Ends a RUNNING run with `status` (not RUNNING) and the end time.
     pub async fn finish_run(&self, run: i64, status: RunStatus) -> Result<()> {
+        self.finish_run_at(run, status, now_ms()).await
+    }
+
+    /// [`Registry::finish_run`] with the end time (epoch milliseconds) a client gave.
+    pub async fn finish_run_at(&self, run: i64, status: RunStatus, end_time: i64) -> Result<()> {
         if status == RunStatus::Running {
             bail!("a run cannot be finished with status RUNNING");
         }
@@ -254,7 +383,7 @@ impl Registry {
         tx.q("UPDATE runs SET status = $2, end_time = $3 WHERE id = $1")
             .bind(run)
             .bind(status.as_str())
-            .bind(now_ms())
+            .bind(end_time)
             .execute(&mut tx)
             .await
             .with_context(|| format!("finishing run {run}"))?;
@@ -341,17 +470,24 @@ impl Registry {
             .bind(run)
             .fetch_all(&self.db)
             .await?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// The last point of every metric of a run (the one its summary's `last` comes from), by key.
+    pub async fn latest_points(&self, run: i64) -> Result<Vec<(String, MetricPoint)>> {
+        let rows = self
+            .db
+            .q(
+                "SELECT s.key, m.step, m.value, m.logged_at FROM metric_summaries s \
+                 JOIN metrics m ON m.run_id = s.run_id AND m.key = s.key AND m.step = s.last_step \
+                 WHERE s.run_id = $1 ORDER BY s.key",
+            )
+            .bind(run)
+            .fetch_all(&self.db)
+            .await
+            .with_context(|| format!("reading the latest metrics of run {run}"))?;
         rows.iter()
-            .map(|r| {
-                Ok(MetricSummary {
-                    key: r.get("key")?,
-                    last: r.get("last_value")?,
-                    last_step: r.get("last_step")?,
-                    min: r.get("min_value")?,
-                    max: r.get("max_value")?,
-                    count: r.get("count")?,
-                })
-            })
+            .map(|r| Ok((r.get("key")?, point_from_row(r)?)))
             .collect()
     }
 
@@ -359,19 +495,12 @@ impl Registry {
     pub async fn metric_history(&self, run: i64, key: &str) -> Result<Vec<MetricPoint>> {
         let rows = self
             .db
-            .q("SELECT step, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step")
+            .q("SELECT step, value, logged_at FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step")
             .bind(run)
             .bind(key.to_string())
             .fetch_all(&self.db)
             .await
             .with_context(|| format!("reading metric {key:?} of run {run}"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(MetricPoint {
-                    step: r.get("step")?,
-                    value: r.get("value")?,
-                })
-            })
-            .collect()
+        rows.iter().map(point_from_row).collect()
     }
 }

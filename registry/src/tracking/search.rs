@@ -1,7 +1,8 @@
 //! `runs search`: the filter language applied to the registry, shared by the CLI, the web API and
 //! the benchmark so that all three measure and run the same path.
 use super::runs::{run_from_row, Run, RUN_COLUMNS};
-use crate::db::Dialect;
+use crate::db::{Dialect, MetricValue};
+use crate::json_float;
 use crate::query::sql::{order_sql, where_sql, Param, SqlParams};
 use crate::query::{parse_filter, parse_order_by, Field};
 use crate::Registry;
@@ -126,7 +127,9 @@ impl Registry {
                     .map(|(i, t)| {
                         let col = format!("o{i}");
                         let v = match &t.field {
-                            Field::Metric { .. } => Value::from(row.get::<Option<f64>>(&col)?),
+                            Field::Metric { .. } => row
+                                .get::<Option<MetricValue>>(&col)?
+                                .map_or(Value::Null, |v| json_float::to_value(v.0)),
                             f if f.is_numeric() => Value::from(row.get::<Option<i64>>(&col)?),
                             _ => Value::from(row.get::<Option<String>>(&col)?),
                         };

@@ -2,7 +2,7 @@
 //! page and the JSON API show that the write side does not already answer, such as the list of
 //! metric keys, the summaries of many runs at once, a side-by-side comparison of runs, and metric
 //! histories thinned out for drawing.
-use super::runs::{MetricPoint, MetricSummary, Run};
+use super::runs::{summary_from_row, MetricPoint, MetricSummary, Run};
 use crate::Registry;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -73,14 +73,7 @@ impl Registry {
             for r in &rows {
                 out.entry(r.get("run_id")?)
                     .or_default()
-                    .push(MetricSummary {
-                        key: r.get("key")?,
-                        last: r.get("last_value")?,
-                        last_step: r.get("last_step")?,
-                        min: r.get("min_value")?,
-                        max: r.get("max_value")?,
-                        count: r.get("count")?,
-                    });
+                    .push(summary_from_row(r)?);
             }
         }
         Ok(out)
@@ -168,6 +161,7 @@ mod tests {
             .map(|s| MetricPoint {
                 step: s,
                 value: s as f64,
+                logged_at: 0,
             })
             .collect();
         let t = thin(points.clone(), 100);

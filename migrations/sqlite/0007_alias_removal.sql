@@ -1,0 +1,24 @@
+-- An alias can be removed (`Registry::remove_alias`, the MLflow API's alias delete): a 'remove'
+-- event records the holder it had and no new checkpoint. SQLite cannot change a column's
+-- constraints in place, so the table is rebuilt with its rows and index.
+CREATE TABLE promotion_events_v2 (
+    id                      INTEGER PRIMARY KEY,
+    model_id                BIGINT NOT NULL REFERENCES models(id),
+    alias                   TEXT NOT NULL,
+    kind                    TEXT NOT NULL CHECK (kind IN ('promote', 'rollback', 'remove')),
+    actor                   TEXT NOT NULL,
+    at                      BIGINT NOT NULL,
+    previous_checkpoint_id  BIGINT REFERENCES checkpoints(id),
+    new_checkpoint_id       BIGINT REFERENCES checkpoints(id),
+    gate                    TEXT,
+    gate_result             TEXT,
+    reason                  TEXT,
+    CHECK ((kind = 'remove') = (new_checkpoint_id IS NULL))
+);
+INSERT INTO promotion_events_v2 (id, model_id, alias, kind, actor, at, previous_checkpoint_id,
+        new_checkpoint_id, gate, gate_result, reason)
+    SELECT id, model_id, alias, kind, actor, at, previous_checkpoint_id, new_checkpoint_id, gate,
+        gate_result, reason FROM promotion_events;
+DROP TABLE promotion_events;
+ALTER TABLE promotion_events_v2 RENAME TO promotion_events;
+CREATE INDEX promotion_events_model_alias ON promotion_events(model_id, alias, id);
