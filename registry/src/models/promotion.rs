@@ -171,6 +171,33 @@ pub struct PromotionEvent {
     pub reason: Option<String>,
 }
 
+impl PromotionEvent {
+    /// An event without a gate, before `move_alias` gives it its id and time.
+    fn plain(
+        model: &str,
+        alias: &str,
+        kind: &str,
+        actor: &str,
+        previous: Option<i64>,
+        new: Option<i64>,
+        reason: Option<&str>,
+    ) -> PromotionEvent {
+        PromotionEvent {
+            id: 0,
+            model: model.to_string(),
+            alias: alias.to_string(),
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            at: 0,
+            previous_checkpoint_id: previous,
+            new_checkpoint_id: new,
+            gate: None,
+            gate_result: None,
+            reason: reason.map(str::to_string),
+        }
+    }
+}
+
 /// Creates the model if needed and locks its row for the rest of the transaction.
 async fn lock_model(tx: &mut Tx, model: &str) -> Result<i64> {
     tx.q("INSERT INTO models (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
@@ -204,55 +231,49 @@ async fn holder(tx: &mut Tx, model_id: i64, alias: &str) -> Result<Option<i64>> 
     })
 }
 
-/// Moves the alias (`new`: None removes it) and appends the event, inside `tx`.
-#[allow(clippy::too_many_arguments)]
+/// Moves the alias to `event.new_checkpoint_id` (None removes it) and appends the event, inside
+/// `tx`; returns the event with its id and time (`event.id` and `event.at` are set here).
 async fn move_alias(
     tx: &mut Tx,
     model_id: i64,
-    alias: &str,
-    kind: &'static str,
-    actor: &str,
-    previous: Option<i64>,
-    new: Option<i64>,
-    gate: Option<&str>,
-    gate_result: Option<String>,
-    reason: Option<&str>,
-) -> Result<(i64, i64)> {
-    let at = now_ms();
-    let change = match new {
+    mut event: PromotionEvent,
+) -> Result<PromotionEvent> {
+    event.at = now_ms();
+    let (alias, at) = (event.alias.clone(), event.at);
+    let change = match event.new_checkpoint_id {
         Some(new) => tx
             .q("INSERT INTO aliases (model_id, alias, checkpoint_id, updated_at) VALUES ($1, $2, $3, $4) \
                 ON CONFLICT (model_id, alias) DO UPDATE SET checkpoint_id = excluded.checkpoint_id, \
                 updated_at = excluded.updated_at")
             .bind(model_id)
-            .bind(alias.to_string())
+            .bind(alias.clone())
             .bind(new)
             .bind(at),
         None => tx
             .q("DELETE FROM aliases WHERE model_id = $1 AND alias = $2")
             .bind(model_id)
-            .bind(alias.to_string()),
+            .bind(alias.clone()),
     };
     change.execute(&mut *tx).await.context("moving the alias")?;
-    let id: i64 = tx
+    event.id = tx
         .q("INSERT INTO promotion_events (model_id, alias, kind, actor, at, previous_checkpoint_id, \
             new_checkpoint_id, gate, gate_result, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
             RETURNING id")
         .bind(model_id)
-        .bind(alias.to_string())
-        .bind(kind)
-        .bind(actor.to_string())
+        .bind(alias)
+        .bind(event.kind.clone())
+        .bind(event.actor.clone())
         .bind(at)
-        .bind(previous)
-        .bind(new)
-        .bind(gate.map(str::to_string))
-        .bind(gate_result)
-        .bind(reason.map(str::to_string))
+        .bind(event.previous_checkpoint_id)
+        .bind(event.new_checkpoint_id)
+        .bind(event.gate.clone())
+        .bind(event.gate_result.clone())
+        .bind(event.reason.clone())
         .fetch_one(&mut *tx)
         .await
         .context("recording the promotion event")?
         .get("id")?;
-    Ok((id, at))
+    Ok(event)
 }
 
 impl Registry {
@@ -319,33 +340,22 @@ impl Registry {
             }
             None => None,
         };
-        let (id, at) = move_alias(
-            &mut tx,
-            model_id,
-            &req.alias,
-            "promote",
-            &req.actor,
-            previous,
-            Some(candidate.id),
-            req.require.as_deref(),
-            gate_result.clone(),
-            req.reason.as_deref(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(PromotionEvent {
-            id,
+        let event = PromotionEvent {
+            id: 0,
             model: req.model.clone(),
             alias: req.alias.clone(),
             kind: "promote".into(),
             actor: req.actor.clone(),
-            at,
+            at: 0,
             previous_checkpoint_id: previous,
             new_checkpoint_id: Some(candidate.id),
             gate: req.require.clone(),
             gate_result,
             reason: req.reason.clone(),
-        })
+        };
+        let event = move_alias(&mut tx, model_id, event).await?;
+        tx.commit().await?;
+        Ok(event)
     }
 
     /// Points `model@alias` back at the checkpoint it held before its last promotion (undoing
@@ -392,33 +402,22 @@ impl Registry {
         verify_file(&target_ckpt)
             .await
             .with_context(|| format!("cannot roll {model}@{alias} back to checkpoint {target}"))?;
-        let (id, at) = move_alias(
+        let event = move_alias(
             &mut tx,
             model_id,
-            alias,
-            "rollback",
-            actor,
-            Some(current),
-            Some(target),
-            None,
-            None,
-            reason,
+            PromotionEvent::plain(
+                model,
+                alias,
+                "rollback",
+                actor,
+                Some(current),
+                Some(target),
+                reason,
+            ),
         )
         .await?;
         tx.commit().await?;
-        Ok(PromotionEvent {
-            id,
-            model: model.to_string(),
-            alias: alias.to_string(),
-            kind: "rollback".into(),
-            actor: actor.to_string(),
-            at,
-            previous_checkpoint_id: Some(current),
-            new_checkpoint_id: Some(target),
-            gate: None,
-            gate_result: None,
-            reason: reason.map(str::to_string),
-        })
+        Ok(event)
     }
 
     /// Removes `model@alias` and records a removal event: nothing holds the alias afterwards,
@@ -436,33 +435,14 @@ impl Registry {
         let Some(current) = holder(&mut tx, model_id, alias).await? else {
             bail!("alias {model}@{alias} does not exist; nothing to remove");
         };
-        let (id, at) = move_alias(
+        let event = move_alias(
             &mut tx,
             model_id,
-            alias,
-            "remove",
-            actor,
-            Some(current),
-            None,
-            None,
-            None,
-            reason,
+            PromotionEvent::plain(model, alias, "remove", actor, Some(current), None, reason),
         )
         .await?;
         tx.commit().await?;
-        Ok(PromotionEvent {
-            id,
-            model: model.to_string(),
-            alias: alias.to_string(),
-            kind: "remove".into(),
-            actor: actor.to_string(),
-            at,
-            previous_checkpoint_id: Some(current),
-            new_checkpoint_id: None,
-            gate: None,
-            gate_result: None,
-            reason: reason.map(str::to_string),
-        })
+        Ok(event)
     }
 
     /// The promotion history of a model, oldest first.
