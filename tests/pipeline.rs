@@ -1,6 +1,7 @@
 //! `albef pipeline` end to end on an embedded SQLite registry in a temporary ALBEF_HOME, with a
-//! tiny config (300 pictures, 20 steps of 8 pairs). The first invocation is interrupted by SIGINT
-//! in the first train stage (a checkpoint, an error naming the stage); the second resumes that
+//! tiny config (300 pictures, 20 steps of 8 pairs). The first invocation is stopped by SIGTERM (what
+//! a scheduler, Slurm or Kubernetes sends) in the first train stage: a checkpoint, an error naming
+//! the stage, exit status 143 (128 + 15, as Ctrl-C's SIGINT gives 130); the second resumes that
 //! run and finishes: the summary's counts agree with the corpus and the registry (lineage of the
 //! filtered version, the promoted alias, the promotion event). A third skips every stage and
 //! reports the same outputs, `--from promote` reruns only the promotion (the checkpoint already
@@ -28,9 +29,9 @@ fn albef(home: &Path, config: &Path) -> Command {
     cmd
 }
 
-/// Starts the pipeline and sends it SIGINT once the first train stage is past `step` (after
-/// its first checkpoint); returns its stderr and whether it failed.
-fn interrupted(home: &Path, config: &Path, step: i64) -> (String, bool) {
+/// Starts the pipeline and sends it SIGTERM once the first train stage is past `step` (after
+/// its first checkpoint); returns its stderr and its exit code.
+fn interrupted(home: &Path, config: &Path, step: i64) -> (String, Option<i32>) {
     let mut child = albef(home, config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -59,7 +60,7 @@ fn interrupted(home: &Path, config: &Path, step: i64) -> (String, bool) {
         }
     }
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -68,7 +69,7 @@ fn interrupted(home: &Path, config: &Path, step: i64) -> (String, bool) {
         .join()
         .expect("the stderr reader ends with the child");
     log.extend(lines.try_iter().map(|l| l + "\n"));
-    (log, !status.success())
+    (log, status.code())
 }
 
 fn pipeline(home: &Path, config: &Path, extra: &[&str]) -> (Value, String) {
@@ -136,8 +137,8 @@ min_r1_t2i = 0.0
     .unwrap();
 
     // Interrupted after the first checkpoint (step 10) of the first train stage.
-    let (log, failed) = interrupted(&home, &config, 11);
-    assert!(failed, "an interrupted pipeline fails:\n{log}");
+    let (log, code) = interrupted(&home, &config, 11);
+    assert_eq!(code, Some(143), "a pipeline stopped by SIGTERM exits 128 + 15:\n{log}");
     assert!(
         log.contains("stage train-raw failed") && log.contains("run the pipeline again"),
         "the error names the stage and the way on:\n{log}"
