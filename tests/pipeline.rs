@@ -138,7 +138,11 @@ min_r1_t2i = 0.0
 
     // Interrupted after the first checkpoint (step 10) of the first train stage.
     let (log, code) = interrupted(&home, &config, 11);
-    assert_eq!(code, Some(143), "a pipeline stopped by SIGTERM exits 128 + 15:\n{log}");
+    assert_eq!(
+        code,
+        Some(143),
+        "a pipeline stopped by SIGTERM exits 128 + 15:\n{log}"
+    );
     assert!(
         log.contains("stage train-raw failed") && log.contains("run the pipeline again"),
         "the error names the stage and the way on:\n{log}"

@@ -103,9 +103,10 @@ fn run_rank(out: &Path, overlap: bool) {
 }
 
 /// Two steps through the reducer, in buckets of 4 KB: the first learns the order in which the
-/// gradients become ready and starts nothing during backward; the second, from the same
-/// variables (the forward moved the queues), starts buckets during backward. The second
-/// step's averages are what the rank writes.
+/// gradients become ready and starts nothing during backward; the second accumulates two
+/// micro-batches (the same half twice, from the same variables: a forward moves the queues),
+/// of which only the armed second backward starts buckets, during backward, on the sum. Half of
+/// the second step's averages is what the rank writes.
 fn overlapped_backward(
     dist: &Dist,
     config: &Config,
@@ -117,19 +118,26 @@ fn overlapped_backward(
         .into_values()
         .map(|v| (v.copy(), v))
         .collect();
-    dist.overlap(&optimizer.params(), 4096).unwrap();
-    for step in 0..2 {
+    let restore = || {
         tch::no_grad(|| {
             for (saved, variable) in &start {
                 variable.shallow_clone().copy_(saved);
             }
-        });
+        })
+    };
+    dist.overlap(&optimizer.params(), 4096).unwrap();
+    for step in 0..2 {
         for p in optimizer.params() {
             let mut grad = p.grad();
             if grad.defined() {
                 let _ = grad.zero_();
             }
         }
+        if step == 1 {
+            restore();
+            backward(config, model, rank); // an earlier micro-batch: not armed
+        }
+        restore();
         dist.arm();
         backward(config, model, rank);
         let early = dist.finish().unwrap();
@@ -139,6 +147,14 @@ fn overlapped_backward(
             assert!(early > 1, "{early} buckets started during backward");
         }
     }
+    tch::no_grad(|| {
+        for p in optimizer.params() {
+            let mut grad = p.grad();
+            if grad.defined() {
+                let _ = grad.g_mul_scalar_(0.5);
+            }
+        }
+    });
 }
 
 fn spawn_rank(test: &str, rank: usize, port: u16, out: &Path) -> std::process::Child {
