@@ -51,7 +51,11 @@ fn collect_histograms(v: &Value, path: &str, out: &mut Vec<Histogram>) {
                     return;
                 }
             }
-            for (k, child) in map {
+            // In key order, whatever order the JSON map keeps (serde_json's `preserve_order`,
+            // which a dependency may switch on, keeps insertion order).
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, child) in entries {
                 let p = if path.is_empty() {
                     k.clone()
                 } else {
