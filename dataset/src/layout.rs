@@ -16,6 +16,12 @@ pub fn stats_path(dir: &Path, shard: u64) -> PathBuf {
 
 /// The complete shards of a dataset folder (those with a stats file), in shard order.
 pub fn complete_shards(dir: &Path) -> Result<Vec<u64>> {
+    numbered_files(dir, ".stats.json")
+}
+
+/// The shard numbers `N` of the files named `{N}{suffix}` in `dir`, in order; none when `dir`
+/// does not exist.
+pub(crate) fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let mut shards = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -25,7 +31,7 @@ pub fn complete_shards(dir: &Path) -> Result<Vec<u64>> {
     for entry in entries {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(".stats.json") {
+        if let Some(n) = name.strip_suffix(suffix) {
             if let Ok(n) = n.parse::<u64>() {
                 shards.push(n);
             }

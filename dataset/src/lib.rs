@@ -3,9 +3,12 @@
 //! last; `docs/architecture.md` (The shard format) describes the columns and statuses. This
 //! crate is the one owner of that format: the schema and row [`Status`], the shard writer and
 //! reader, the stats shape, atomic file publication and hashing, and ALBEF's caption cleaning
-//! (the `text` column). Ingest, filter, train and the synthetic corpus all go through it.
+//! (the `text` column), and reading img2dataset's output folders as shards (`img2dataset`).
+//! Ingest, filter, train and the synthetic corpus all go through it.
 pub mod caption;
+pub mod export;
 pub mod files;
+pub mod img2dataset;
 pub mod layout;
 pub mod read;
 pub mod schema;

@@ -2,8 +2,9 @@
 //! projection, whole [`Row`]s, and column accessors that accept every Arrow string and binary
 //! layout (Utf8, LargeUtf8, Utf8View; Binary, LargeBinary, BinaryView), so shards written by
 //! other tools read as well as our own.
+use crate::img2dataset::{normalize, Additions};
 use crate::schema::*;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::{
     Array, BinaryArray, BooleanArray, Int32Array, RecordBatch, StringArray,
@@ -16,33 +17,55 @@ use std::fs::File;
 use std::path::Path;
 
 /// Record batches of a shard, only the rows with `status` (all rows when `None`), only the
-/// named `columns` (all when `None`; the status filter works either way).
+/// named `columns` (all when `None`; the status filter works either way); a named column the
+/// shard lacks is an error. Batches are normalised to albef's terms, so img2dataset shards read
+/// like albef's own (`crate::img2dataset`).
 pub fn read_batches(
     path: &Path,
     status: Option<Status>,
     columns: Option<&[&str]>,
 ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+    open(path, status, columns, true)
+}
+
+/// A reader of the named columns of a shard that it has (absent ones are skipped, so a caller
+/// can ask for optional columns such as the filter's `score`), in batches of 1,024 rows,
+/// normalised like [`read_batches`].
+pub fn read_present(
+    path: &Path,
+    columns: &[&str],
+) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+    open(path, None, Some(columns), false)
+}
+
+/// The reader behind [`read_batches`] (`strict`: every named column must exist) and
+/// [`read_present`] (absent columns skipped).
+fn open(
+    path: &Path,
+    status: Option<Status>,
+    columns: Option<&[&str]>,
+    strict: bool,
+) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
     let file = File::open(path).with_context(|| format!("cannot open shard {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a readable Parquet shard", path.display()))?;
     let arrow_schema = builder.schema().clone();
-    let mut wanted: Option<Vec<usize>> = None;
-    if let Some(cols) = columns {
-        let mut idx = Vec::new();
-        for c in cols.iter().chain(status.is_some().then_some(&STATUS)) {
-            let i = arrow_schema
-                .index_of(c)
-                .with_context(|| format!("shard {} has no column {c:?}", path.display()))?;
-            if !idx.contains(&i) {
-                idx.push(i);
+    let mut additions = Additions::for_shard(path, &arrow_schema, columns)?;
+    let builder = match columns {
+        Some(cols) => {
+            let needs = additions.needs();
+            let mut idx = Vec::new();
+            let physical = cols.iter().chain(status.is_some().then_some(&STATUS));
+            for c in physical.chain(needs.iter()) {
+                match arrow_schema.index_of(c) {
+                    Ok(i) if !idx.contains(&i) => idx.push(i),
+                    Ok(_) => {}
+                    Err(_) if !strict || additions.adds(c) => {}
+                    Err(_) => bail!("shard {} has no column {c:?}", path.display()),
+                }
             }
-        }
-        idx.sort_unstable();
-        wanted = Some(idx);
-    }
-    let builder = match &wanted {
-        Some(idx) => {
-            let mask = ProjectionMask::roots(builder.parquet_schema(), idx.iter().copied());
+            idx.sort_unstable();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
             builder.with_projection(mask)
         }
         None => builder,
@@ -55,29 +78,30 @@ pub fn read_batches(
     let keep: Option<Vec<String>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
     Ok(reader.map(move |batch| {
         let batch = batch.with_context(|| format!("cannot read a batch of {}", path.display()))?;
+        let batch = normalize(batch, &mut additions)
+            .with_context(|| format!("reading {}", path.display()))?;
         let batch = match status {
             Some(st) => {
-                let col = string_col(&batch, STATUS)?;
-                let mask: BooleanArray = col.iter().map(|v| Some(v == Some(st.as_str()))).collect();
-                arrow_select_filter(&batch, &mask)?
+                let col = column(&batch, STATUS, &path)?;
+                let mask: BooleanArray = (0..batch.num_rows())
+                    .map(|i| Some(string_at(col, i) == Some(st.as_str())))
+                    .collect();
+                arrow_select::filter::filter_record_batch(&batch, &mask)?
             }
             None => batch,
         };
         match &keep {
             Some(cols) => {
-                let idx = cols
+                let schema = batch.schema();
+                let idx: Vec<usize> = cols
                     .iter()
-                    .map(|c| batch.schema().index_of(c))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                    .filter_map(|c| schema.index_of(c).ok())
+                    .collect();
                 Ok(batch.project(&idx)?)
             }
             None => Ok(batch),
         }
     }))
-}
-
-fn arrow_select_filter(batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch> {
-    Ok(arrow_select::filter::filter_record_batch(batch, mask)?)
 }
 
 /// A string column of a batch by name.
@@ -165,28 +189,6 @@ pub fn batch_rows(batch: &RecordBatch) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
-}
-
-/// A reader of the named columns of a shard that it has (absent ones are skipped, so a caller
-/// can ask for optional columns such as the filter's `score`), in batches of 1,024 rows.
-pub fn read_present(
-    path: &Path,
-    columns: &[&str],
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("reading the Parquet footer of {}", path.display()))?;
-    let present: Vec<&str> = columns
-        .iter()
-        .copied()
-        .filter(|c| builder.schema().column_with_name(c).is_some())
-        .collect();
-    let mask = ProjectionMask::columns(builder.parquet_schema(), present);
-    builder
-        .with_projection(mask)
-        .with_batch_size(1024)
-        .build()
-        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// A column of a batch by name, or an error naming the shard at `path`.
