@@ -14,6 +14,9 @@ ASSETS_DIR ?= $(CACHE)/assets-minilm-$(MINILM_VERSION)
 # The MLflow client the MLflow API test logs with (mlflow-skinny from PyPI), cached like torch.
 MLFLOW_VERSION := 3.18.0
 MLFLOW_VENV ?= $(CACHE)/venv-mlflow-$(MLFLOW_VERSION)
+# img2dataset (and the webdataset library and Pillow) for tests/img2dataset.rs, cached like torch.
+IMG2DATASET_VERSION := 1.47.0
+IMG2DATASET_VENV ?= $(CACHE)/venv-img2dataset-$(IMG2DATASET_VERSION)
 PYTHON ?= python3
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 ALBEF_BIN := $(or $(CARGO_TARGET_DIR),target)/release/albef
@@ -32,8 +35,9 @@ endif
 TEST_ENV = LD_LIBRARY_PATH="$(TORCH_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 export ALBEF_TEST_MLFLOW_PYTHON ?= $(MLFLOW_VENV)/bin/python
+export ALBEF_TEST_IMG2DATASET_PYTHON ?= $(IMG2DATASET_VENV)/bin/python
 
-.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres mlflow-venv clean
+.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres mlflow-venv img2dataset-venv clean
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
@@ -93,6 +97,16 @@ $(MLFLOW_VENV)/.ready:
 		"$(MLFLOW_VENV)/bin/pip" install -q "mlflow-skinny==$(MLFLOW_VERSION)" && \
 		touch "$@"
 
+# tests/img2dataset.rs downloads with img2dataset's own code from this virtualenv
+# (ALBEF_TEST_IMG2DATASET_PYTHON) and reads exports back with its webdataset library and Pillow.
+img2dataset-venv: $(IMG2DATASET_VENV)/.ready
+$(IMG2DATASET_VENV)/.ready:
+	@echo "creating $(IMG2DATASET_VENV) with img2dataset==$(IMG2DATASET_VERSION) (about a minute)"
+	@rm -rf "$(IMG2DATASET_VENV)" && mkdir -p "$(dir $(IMG2DATASET_VENV))" && \
+		$(PYTHON) -m venv "$(IMG2DATASET_VENV)" && \
+		"$(IMG2DATASET_VENV)/bin/pip" install -q "img2dataset==$(IMG2DATASET_VERSION)" pillow && \
+		touch "$@"
+
 build: setup
 	cargo build --release --bin albef
 
@@ -127,7 +141,7 @@ postgres:
 
 # The tests run the binary cargo builds for them (CARGO_BIN_EXE_albef, with the test build's
 # features), so no separate `cargo build --bin albef` compiles the dependencies a second time.
-test: setup test-sysdeps postgres nccl-plugin mlflow-venv
+test: setup test-sysdeps postgres nccl-plugin mlflow-venv img2dataset-venv
 	$(TEST_ENV) cargo test --release --workspace
 
 fmt:

@@ -1,6 +1,7 @@
 //! `albef`: the command line. It parses arguments and wires the stage crates together; the
 //! work itself lives in `ingest/`, `filter/`, `train/` and `registry/`.
 mod cmd;
+mod dataset_sql;
 mod output;
 
 use clap::{Parser, ValueEnum};

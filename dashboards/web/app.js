@@ -289,9 +289,18 @@ function filterStats(st, stat) {
   return `${stat("kept of scored", fmtPct(kept + dropped ? kept / (kept + dropped) : null))}${stat("filtered out", dropped)}${stat("not scored (from source)", carried)}`;
 }
 
+// The version's rows by host (the 50 largest), read from its shards by `albef serve`.
+function hostsCard(hosts) {
+  if (hosts.error) return `<div class="card"><h2>Rows by host</h2><p class="muted">Not available: ${esc(hosts.error)}</p></div>`;
+  return `<div class="card"><h2>Rows by host</h2><table id="hosts-table"><thead><tr><th>host</th><th class="num">rows</th><th class="num">success</th><th class="num">failed</th></tr></thead><tbody>
+    ${hosts.map(h => `<tr><td class="mono">${esc(h.host ?? "—")}</td><td class="num">${h.rows}</td><td class="num">${fmtPct(h.rows ? h.successes / h.rows : null)}</td><td class="num">${h.failures}</td></tr>`).join("")}
+    </tbody></table></div>`;
+}
+
 async function datasetView() {
   const p = params(), name = p.get("name"), version = p.get("version");
-  const d = await api(`/api/datasets/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`);
+  const path = `/api/datasets/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`;
+  const [d, hosts] = await Promise.all([api(path), api(`${path}/hosts`).catch(e => ({error: e.message}))]);
   const v = d.version, st = v.stats || {};
   const total = st.rows || v.rows;
   const stat = (k, val) => `<div class="stat"><div class="v">${val}</div><div class="k">${esc(k)}</div></div>`;
@@ -302,6 +311,7 @@ async function datasetView() {
     <div class="row">${bars("HTTP status", st.by_http_status, total)}${bars("Duplicates by layer", st.dedupe, total)}</div>
     ${d.histograms.length ? `<div class="row">${d.histograms.map(h => `<div class="card histogram"><h2>Score histogram: ${esc(h.name)}</h2>${histogramChart(h)}</div>`).join("")}</div>` : ""}
     ${d.contact_sheet ? `<div class="card"><a id="contact-sheet" href="${esc(d.contact_sheet)}" target="_blank">Open the contact sheet →</a></div>` : ""}
+    ${hostsCard(hosts)}
     <div class="card"><h2>Parameters</h2><pre class="mono">${esc(JSON.stringify(v.params, null, 2))}</pre></div>
     <div class="card"><h2>Shards</h2><table id="shards-table"><thead><tr><th class="num">#</th><th class="num">rows</th><th class="num">success</th><th>uri</th><th>written</th></tr></thead><tbody>
     ${d.shards.map(s => `<tr><td class="num">${s.index}</td><td class="num">${s.rows}</td><td class="num">${fmtPct(rate(s.stats, "success", v.stage))}</td><td class="mono">${esc(s.uri)}</td><td>${fmtTime(s.created_at)}</td></tr>`).join("")}

@@ -3,10 +3,18 @@
 //! can be used by scripts and tests. It speaks plain HTTP, so it refuses an address other
 //! machines can reach unless `--allow-insecure` says that a TLS proxy or a trusted network is in
 //! front of it.
+use super::datasets::shard_paths;
 use super::{positive_seconds, Context};
+use crate::dataset_sql;
 use albef_registry::Registry;
 use anyhow::{bail, Context as _, Result};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use clap::Args;
+use serde_json::json;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -55,12 +63,48 @@ impl ServeArgs {
             reg.backend()
         );
         std::io::stdout().flush().context("writing to stdout")?;
-        albef_registry::http::serve(reg, listener, self.token).await
+        let extra = dataset_routes(reg.clone());
+        albef_registry::http::serve(reg, listener, self.token, extra).await
     }
 }
 
 /// Fails, saying why and what to do, when `bound` is reachable from other machines: without a
 /// token anyone there reads the registry; with one, the token travels in clear text.
+/// `GET /api/datasets/{name}/versions/{version}/hosts`: the version's rows by host
+/// (`dataset_sql::hosts_sql`), which the dashboard's dataset page shows. It lives here, not in
+/// the registry's API, because it reads the shards with polars.
+fn dataset_routes(reg: Registry) -> Router {
+    Router::new()
+        .route("/api/datasets/{name}/versions/{version}/hosts", get(hosts))
+        .with_state(reg)
+}
+
+async fn hosts(
+    State(reg): State<Registry>,
+    UrlPath((name, version)): UrlPath<(String, i64)>,
+) -> Response {
+    let shards = match shard_paths(&reg, &format!("{name}@{version}")).await {
+        Ok(shards) => shards,
+        Err(e) => return api_error(StatusCode::NOT_FOUND, e),
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        dataset_sql::table(&dataset_sql::query(&shards, &dataset_sql::hosts_sql())?)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|t| t);
+    match answer {
+        Ok(t) => Json(t.to_json()).into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// An error in the API's JSON form (`{"error", "status"}`).
+fn api_error(status: StatusCode, e: anyhow::Error) -> Response {
+    let body = json!({ "error": format!("{e:#}"), "status": status.as_u16() });
+    (status, Json(body)).into_response()
+}
+
 fn refuse_insecure(addr: &str, bound: SocketAddr, has_token: bool) -> Result<()> {
     if bound.ip().is_loopback() {
         return Ok(());

@@ -62,9 +62,16 @@ pub fn router(reg: Registry, token: Option<String>) -> Router {
         .with_state(state)
 }
 
-/// Serves until Ctrl-C (or SIGTERM), then finishes the requests in flight.
-pub async fn serve(reg: Registry, listener: TcpListener, token: Option<String>) -> Result<()> {
-    let app = router(reg, token);
+/// Serves the registry's routes and the caller's `extra` ones (answers the registry cannot give
+/// alone, such as the binary's questions over a dataset's shards) until Ctrl-C (or SIGTERM),
+/// then finishes the requests in flight.
+pub async fn serve(
+    reg: Registry,
+    listener: TcpListener,
+    token: Option<String>,
+    extra: Router,
+) -> Result<()> {
+    let app = router(reg, token).merge(extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
