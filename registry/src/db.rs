@@ -244,6 +244,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "alias removal",
         include_str!("../../migrations/postgres/0005_alias_removal.sql"),
     ),
+    (
+        6,
+        "refused promotions",
+        include_str!("../../migrations/postgres/0006_refused_promotions.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -280,6 +285,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "alias removal",
         include_str!("../../migrations/sqlite/0007_alias_removal.sql"),
+    ),
+    (
+        8,
+        "refused promotions",
+        include_str!("../../migrations/sqlite/0008_refused_promotions.sql"),
     ),
 ];
 

@@ -1,6 +1,8 @@
 //! Checkpoints and the promotion workflow on both backends: gates, rollback, alias removal,
-//! sha256 refusal, and 16 concurrent promotions of one alias.
+//! verdicts of gates evaluated by the caller (promotions and recorded refusals), sha256 refusal,
+//! and 16 concurrent promotions of one alias.
 mod common;
+use albef_registry::models::JudgedPromotion;
 use albef_registry::{PromotionRequest, Registry};
 use common::{err_text, on_both};
 use serde_json::json;
@@ -149,6 +151,76 @@ async fn removing_an_alias_is_recorded_and_ends_its_chain() {
             .map(|e| e.kind)
             .collect();
         assert_eq!(kinds, ["promote", "promote", "remove", "promote"]);
+        Ok(())
+    })
+    .await;
+}
+
+fn judged(checkpoint: i64, compared_with: Option<i64>, passed: bool) -> JudgedPromotion {
+    JudgedPromotion {
+        checkpoint,
+        model: "albef".into(),
+        alias: "prod".into(),
+        compared_with,
+        gate: "r1_t2i >= the holder's".into(),
+        gate_result: format!(
+            "{}: 12.5 vs 10.0",
+            if passed { "passed" } else { "refused" }
+        ),
+        passed,
+        reason: Some("pipeline".into()),
+        actor: "pipeline".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn judged_verdicts_promote_or_record_a_refusal() {
+    on_both(|env| async move {
+        let reg = env.reg;
+        let run = reg.create_run("exp", "r", &json!({})).await?;
+        let a = ckpt(&reg, run, &env.dir, 1, 0.5).await?;
+        let b = ckpt(&reg, run, &env.dir, 2, 0.6).await?;
+        let c = ckpt(&reg, run, &env.dir, 3, 0.7).await?;
+        assert_eq!(reg.alias_holder("albef", "prod").await?, None);
+        let e = reg.judge_promotion(&judged(a, None, true)).await?;
+        assert_eq!((e.kind.as_str(), e.new_checkpoint_id), ("promote", Some(a)));
+        assert_eq!(e.gate_result.as_deref(), Some("passed: 12.5 vs 10.0"));
+        reg.judge_promotion(&judged(b, Some(a), true)).await?;
+        // A refusal is recorded and moves nothing.
+        let e = reg.judge_promotion(&judged(c, Some(b), false)).await?;
+        assert_eq!(
+            (
+                e.kind.as_str(),
+                e.previous_checkpoint_id,
+                e.new_checkpoint_id
+            ),
+            ("refused", Some(b), Some(c))
+        );
+        assert_eq!(reg.alias_holder("albef", "prod").await?, Some(b));
+        assert!(reg.checkpoint(c).await?.aliases.is_empty());
+        let held: Vec<i64> = reg
+            .checkpoints(Some("albef"))
+            .await?
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(held, [b, a], "a refused candidate never held the alias");
+        // A verdict against a holder that has moved since is refused whole.
+        let e = err_text(reg.judge_promotion(&judged(c, Some(a), true)).await);
+        assert!(
+            e.contains("is held by checkpoint") && e.contains("nothing changed"),
+            "{e}"
+        );
+        // Rollback passes over the refusal to the holder before b.
+        let r = reg.rollback("albef", "prod", "tester", None).await?;
+        assert_eq!(r.new_checkpoint_id, Some(a));
+        let kinds: Vec<String> = reg
+            .promotion_history("albef")
+            .await?
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["promote", "promote", "refused", "rollback"]);
         Ok(())
     })
     .await;

@@ -66,6 +66,17 @@ impl Registry {
         }
     }
 
+    /// The checkpoint that holds `model@alias` now; None when the model or the alias does not
+    /// exist yet (the first promotion makes both).
+    pub async fn alias_holder(&self, model: &str, alias: &str) -> Result<Option<i64>> {
+        let models = self.models().await?;
+        Ok(models
+            .into_iter()
+            .find(|m| m.name == model)
+            .and_then(|m| m.aliases.into_iter().find(|a| a.alias == alias))
+            .map(|a| a.checkpoint_id))
+    }
+
     /// Creates a model that holds no alias yet; fails if it exists.
     pub async fn create_model(&self, name: &str) -> Result<()> {
         check_key("model", name)?;

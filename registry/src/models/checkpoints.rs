@@ -190,7 +190,7 @@ impl Registry {
                 let sql = format!(
                     "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c WHERE c.id IN ( \
                        SELECT e.new_checkpoint_id FROM promotion_events e JOIN models m ON m.id = e.model_id \
-                       WHERE m.name = $1) ORDER BY c.id DESC"
+                       WHERE m.name = $1 AND e.kind <> 'refused') ORDER BY c.id DESC"
                 );
                 self.db.q_str(&sql).bind(model.to_string()).fetch_all(&self.db).await
             }

@@ -8,4 +8,4 @@ mod promotion;
 
 pub use aliases::{AliasHolder, ModelAliases};
 pub use checkpoints::Checkpoint;
-pub use promotion::{Gate, PromotionEvent, PromotionRequest};
+pub use promotion::{Gate, JudgedPromotion, PromotionEvent, PromotionRequest};

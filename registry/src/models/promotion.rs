@@ -152,13 +152,32 @@ pub struct PromotionRequest {
     pub actor: String,
 }
 
+/// A promotion whose gate the caller evaluated itself, on figures it measured in its own run
+/// (the pipeline evaluates the candidate and the holder on the same set), recorded as given: the
+/// alias moves when `passed`, and either way the event ('promote' or 'refused') keeps the gate,
+/// its result with the figures, and the reason.
+#[derive(Clone, Debug)]
+pub struct JudgedPromotion {
+    pub checkpoint: i64,
+    pub model: String,
+    pub alias: String,
+    /// The holder the candidate was compared with (None: the alias had none). When the alias
+    /// holds another checkpoint by now, nothing is recorded and the call fails.
+    pub compared_with: Option<i64>,
+    pub gate: String,
+    pub gate_result: String,
+    pub passed: bool,
+    pub reason: Option<String>,
+    pub actor: String,
+}
+
 /// One entry of the append-only promotion history.
 #[derive(Clone, Debug, Serialize)]
 pub struct PromotionEvent {
     pub id: i64,
     pub model: String,
     pub alias: String,
-    /// "promote", "rollback" or "remove".
+    /// "promote", "rollback", "remove" or "refused" (a gate said no; the alias did not move).
     pub kind: String,
     pub actor: String,
     /// Epoch milliseconds.
@@ -218,6 +237,22 @@ async fn lock_model(tx: &mut Tx, model: &str) -> Result<i64> {
         .get("id")?)
 }
 
+/// Locks the model (made if new) and returns its id and the alias's holder; fails when
+/// `candidate` holds the alias already.
+async fn lock_for(
+    tx: &mut Tx,
+    model: &str,
+    alias: &str,
+    candidate: i64,
+) -> Result<(i64, Option<i64>)> {
+    let model_id = lock_model(tx, model).await?;
+    let previous = holder(tx, model_id, alias).await?;
+    if previous == Some(candidate) {
+        bail!("checkpoint {candidate} already holds {model}@{alias}");
+    }
+    Ok((model_id, previous))
+}
+
 async fn holder(tx: &mut Tx, model_id: i64, alias: &str) -> Result<Option<i64>> {
     let row = tx
         .q("SELECT checkpoint_id FROM aliases WHERE model_id = $1 AND alias = $2")
@@ -233,13 +268,9 @@ async fn holder(tx: &mut Tx, model_id: i64, alias: &str) -> Result<Option<i64>> 
 
 /// Moves the alias to `event.new_checkpoint_id` (None removes it) and appends the event, inside
 /// `tx`; returns the event with its id and time (`event.id` and `event.at` are set here).
-async fn move_alias(
-    tx: &mut Tx,
-    model_id: i64,
-    mut event: PromotionEvent,
-) -> Result<PromotionEvent> {
-    event.at = now_ms();
-    let (alias, at) = (event.alias.clone(), event.at);
+async fn move_alias(tx: &mut Tx, model_id: i64, event: PromotionEvent) -> Result<PromotionEvent> {
+    let at = now_ms();
+    let alias = event.alias.clone();
     let change = match event.new_checkpoint_id {
         Some(new) => tx
             .q("INSERT INTO aliases (model_id, alias, checkpoint_id, updated_at) VALUES ($1, $2, $3, $4) \
@@ -252,15 +283,26 @@ async fn move_alias(
         None => tx
             .q("DELETE FROM aliases WHERE model_id = $1 AND alias = $2")
             .bind(model_id)
-            .bind(alias.clone()),
+            .bind(alias),
     };
     change.execute(&mut *tx).await.context("moving the alias")?;
+    record_event(tx, model_id, event, at).await
+}
+
+/// Appends `event` at time `at` inside `tx`; returns it with its id and time.
+async fn record_event(
+    tx: &mut Tx,
+    model_id: i64,
+    mut event: PromotionEvent,
+    at: i64,
+) -> Result<PromotionEvent> {
+    event.at = at;
     event.id = tx
         .q("INSERT INTO promotion_events (model_id, alias, kind, actor, at, previous_checkpoint_id, \
             new_checkpoint_id, gate, gate_result, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
             RETURNING id")
         .bind(model_id)
-        .bind(alias)
+        .bind(event.alias.clone())
         .bind(event.kind.clone())
         .bind(event.actor.clone())
         .bind(at)
@@ -274,6 +316,16 @@ async fn move_alias(
         .context("recording the promotion event")?
         .get("id")?;
     Ok(event)
+}
+
+/// Refuses model and alias names that the history could not hold or that `@` would split.
+fn check_names(model: &str, alias: &str) -> Result<()> {
+    check_key("model", model)?;
+    check_key("alias", alias)?;
+    if model.contains('@') || alias.contains('@') {
+        bail!("model and alias names cannot contain '@' (got {model:?} and {alias:?})");
+    }
+    Ok(())
 }
 
 impl Registry {
@@ -295,15 +347,7 @@ impl Registry {
     /// file is missing or changed, or a checkpoint that already holds the alias changes nothing
     /// and is an error.
     pub async fn promote(&self, req: &PromotionRequest) -> Result<PromotionEvent> {
-        check_key("model", &req.model)?;
-        check_key("alias", &req.alias)?;
-        if req.model.contains('@') || req.alias.contains('@') {
-            bail!(
-                "model and alias names cannot contain '@' (got {:?} and {:?})",
-                req.model,
-                req.alias
-            );
-        }
+        check_names(&req.model, &req.alias)?;
         let gate = match &req.require {
             Some(g) => Some(Gate::parse(g)?),
             None => None,
@@ -311,16 +355,7 @@ impl Registry {
         let candidate = load(&self.db, &self.db, req.checkpoint).await?;
         verify_file(&candidate).await?;
         let mut tx = self.db.begin().await?;
-        let model_id = lock_model(&mut tx, &req.model).await?;
-        let previous = holder(&mut tx, model_id, &req.alias).await?;
-        if previous == Some(candidate.id) {
-            bail!(
-                "checkpoint {} already holds {}@{}",
-                candidate.id,
-                req.model,
-                req.alias
-            );
-        }
+        let (model_id, previous) = lock_for(&mut tx, &req.model, &req.alias, candidate.id).await?;
         let gate_result = match &gate {
             Some(gate) => {
                 let current = match previous {
@@ -358,6 +393,51 @@ impl Registry {
         Ok(event)
     }
 
+    /// Records the verdict of a gate the caller evaluated ([`JudgedPromotion`]): a promotion
+    /// when it passed, a refusal otherwise; both in one transaction with the alias check.
+    pub async fn judge_promotion(&self, req: &JudgedPromotion) -> Result<PromotionEvent> {
+        check_names(&req.model, &req.alias)?;
+        let candidate = load(&self.db, &self.db, req.checkpoint).await?;
+        if req.passed {
+            verify_file(&candidate).await?;
+        }
+        let mut tx = self.db.begin().await?;
+        let (model_id, previous) = lock_for(&mut tx, &req.model, &req.alias, candidate.id).await?;
+        let name = |id: Option<i64>| {
+            id.map_or("no checkpoint".to_string(), |id| format!("checkpoint {id}"))
+        };
+        if previous != req.compared_with {
+            bail!(
+                "{}@{} is held by {} now, not by {} that the gate compared with; nothing \
+                 changed (evaluate against the new holder and decide again)",
+                req.model,
+                req.alias,
+                name(previous),
+                name(req.compared_with)
+            );
+        }
+        let event = PromotionEvent {
+            id: 0,
+            model: req.model.clone(),
+            alias: req.alias.clone(),
+            kind: if req.passed { "promote" } else { "refused" }.into(),
+            actor: req.actor.clone(),
+            at: 0,
+            previous_checkpoint_id: previous,
+            new_checkpoint_id: Some(candidate.id),
+            gate: Some(req.gate.clone()),
+            gate_result: Some(req.gate_result.clone()),
+            reason: req.reason.clone(),
+        };
+        let event = if req.passed {
+            move_alias(&mut tx, model_id, event).await?
+        } else {
+            record_event(&mut tx, model_id, event, now_ms()).await?
+        };
+        tx.commit().await?;
+        Ok(event)
+    }
+
     /// Points `model@alias` back at the checkpoint it held before its last promotion (undoing
     /// promotions one by one on repeated calls) and records a rollback event.
     pub async fn rollback(
@@ -389,7 +469,8 @@ impl Registry {
                 "rollback" => {
                     stack.pop();
                 }
-                _ => stack.clear(),
+                "remove" => stack.clear(),
+                _ => {} // a refusal moved nothing
             }
         }
         if stack.last() != Some(&current) {
