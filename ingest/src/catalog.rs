@@ -1,5 +1,5 @@
 //! Ties a run to the registry: the dataset version it writes (with its parent, the latest
-//! finished version of the dataset, whose dedupe index it extends), the shards it committed,
+//! finished ingest of the dataset, whose dedupe index it extends), the shards it committed,
 //! and the end of the version. A marker file in the output folder names the version, so a run
 //! that was killed and started again continues the same version instead of making a new one.
 use crate::crossdup;
@@ -77,12 +77,15 @@ async fn open_version(
             return Ok(version);
         }
     }
-    // All versions, filtered here: asking for one dataset's versions fails when it is new.
+    // All versions, filtered here: asking for one dataset's versions fails when it is new. The
+    // parent is the newest finished ingest: a filtered or registered version holds no dedupe
+    // index, and the newest ingest's index covers every earlier one.
     let parent = reg
         .dataset_versions(None)
         .await?
         .into_iter()
         .filter(|v| v.dataset == dataset && v.status == DatasetStatus::Finished)
+        .filter(|v| v.stage == "ingest")
         .max_by_key(|v| v.version);
     let version = reg
         .create_dataset_version(NewDatasetVersion {
