@@ -30,7 +30,7 @@ use albef_train::config::Config;
 use albef_train::data::loader::Batch;
 use albef_train::model::{self, Albef, PrecisionRule};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -41,14 +41,23 @@ pub const INVARIANCE_TOLERANCE: f32 = 1e-5;
 pub const SCORE_COLUMNS: [&str; 4] = ["score", "score_i2t", "score_t2i", "score_itm"];
 
 /// Which score ranks and thresholds the pairs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum ScoreName {
     /// The mean of `score_i2t` and `score_t2i` (the default).
     Score,
     I2t,
     T2i,
     Itm,
+}
+
+/// A score named in a config file, as on the command line.
+impl TryFrom<String> for ScoreName {
+    type Error = anyhow::Error;
+
+    fn try_from(name: String) -> Result<Self> {
+        ScoreName::parse(&name)
+    }
 }
 
 impl ScoreName {

@@ -1,5 +1,9 @@
 //! The scheduler's workers, and the dataset lock around every ingest.
 //!
+//! A job is an ingest ([`IngestJob`]) or work the caller's decoder makes of the job's
+//! parameters ([`Job::Other`]: the CLI's scheduled pipelines); both run under the same lease,
+//! heartbeat, retries and takeover.
+//!
 //! [`run_scheduler`] runs a ticker and N workers over the registry's job queue
 //! (`albef_registry::jobs`): the ticker enqueues due schedules (catch-up policy: all ticks
 //! missed while nothing ran give ONE run, then the cron cadence resumes; a tick that falls while
@@ -23,6 +27,8 @@ use albef_registry::jobs::{Claim, Retry};
 use albef_registry::Registry;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +41,20 @@ pub struct IngestJob {
     pub params: Value,
 }
 
-/// Turns a job's stored parameters into an ingest (the CLI parses them as `albef ingest` flags).
-pub type JobDecoder = Arc<dyn Fn(&Value) -> Result<IngestJob> + Send + Sync>;
+/// Work that the caller's decoder makes of a job (the CLI's scheduled pipelines): started with
+/// the flag that asks it to stop at its next safe point, it returns the run's stats.
+pub type JobWork =
+    Box<dyn FnOnce(Arc<AtomicBool>) -> Pin<Box<dyn Future<Output = Result<Value>> + Send>> + Send>;
+
+/// What a job runs.
+pub enum Job {
+    Ingest(Box<IngestJob>),
+    Other(JobWork),
+}
+
+/// Turns a job's stored parameters into its work (the CLI parses `albef ingest` flags, or reads
+/// the pipeline config a schedule names).
+pub type JobDecoder = Arc<dyn Fn(&Value) -> Result<Job> + Send + Sync>;
 
 /// How `albef scheduler run` behaves.
 #[derive(Clone, Debug)]
@@ -212,7 +230,7 @@ async fn worker(
         );
         match run_job(&reg, &opts, &decode, &stop, &claim).await {
             Ok((stats, version)) => {
-                if reg.finish_job(&claim, &stats, Some(version)).await? {
+                if reg.finish_job(&claim, &stats, version).await? {
                     tracing::info!(job = claim.job.id, "job succeeded");
                     report.succeeded += 1;
                 } else {
@@ -248,29 +266,47 @@ async fn worker(
     Ok(report)
 }
 
-/// Runs one claimed job with its heartbeat; returns the run's stats and the dataset version.
+/// Runs one claimed job with its heartbeat; returns the run's stats and the dataset version it
+/// made, if it is an ingest.
 async fn run_job(
     reg: &Registry,
     opts: &SchedulerOptions,
     decode: &JobDecoder,
     stop: &Arc<AtomicBool>,
     claim: &Claim,
+) -> Result<(Value, Option<i64>)> {
+    let job = decode(&claim.job.config)
+        .with_context(|| format!("job {}: its parameters are not valid", claim.job.id))?;
+    // The job stops when the scheduler is stopped or when another worker took the job over.
+    let job_stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = spawn_heartbeat(reg, opts.lease, claim, stop, &job_stop, &lost);
+    let outcome = match job {
+        Job::Ingest(job) => run_ingest(reg, opts, claim, *job, job_stop)
+            .await
+            .map(|(stats, version)| (stats, Some(version))),
+        Job::Other(work) => work(job_stop).await.map(|stats| (stats, None)),
+    };
+    heartbeat.abort();
+    if lost.load(Ordering::SeqCst) {
+        bail!("another worker took the job over (this worker's lease had expired)");
+    }
+    outcome
+}
+
+/// The ingest of a job, in the job's own folder; returns the stats and the dataset version.
+async fn run_ingest(
+    reg: &Registry,
+    opts: &SchedulerOptions,
+    claim: &Claim,
+    job: IngestJob,
+    job_stop: Arc<AtomicBool>,
 ) -> Result<(Value, i64)> {
-    let job = decode(&claim.job.config).with_context(|| {
-        format!(
-            "job {}: its parameters are not a valid ingest",
-            claim.job.id
-        )
-    })?;
     let mut config = job.config;
     // Every job gets its own folder, so that a takeover continues the same version and the
     // next scheduled run makes a new one.
     config.output = config.output.join(format!("job-{}", claim.job.id));
     config.progress = false;
-    // The job stops when the scheduler is stopped or when another worker took the job over.
-    let job_stop = Arc::new(AtomicBool::new(false));
-    let lost = Arc::new(AtomicBool::new(false));
-    let heartbeat = spawn_heartbeat(reg, opts.lease, claim, stop, &job_stop, &lost);
     let outcome = ingest_exclusive(
         reg,
         &job.dataset,
@@ -283,12 +319,7 @@ async fn run_job(
             wait: opts.lock_wait,
         },
     )
-    .await;
-    heartbeat.abort();
-    let outcome = outcome?;
-    if lost.load(Ordering::SeqCst) {
-        bail!("another worker took the job over (this worker's lease had expired)");
-    }
+    .await?;
     if outcome.summary.interrupted {
         bail!(
             "interrupted by shutdown after {} shards; the next attempt continues",

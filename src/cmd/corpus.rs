@@ -5,9 +5,10 @@ use crate::output::{Format, Table};
 use albef_corpus::{GenerateOptions, Split};
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct CorpusArgs {
@@ -30,8 +31,20 @@ pub(super) struct GenerateArgs {
     /// Folder to write the corpus into (created if missing)
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    opts: CorpusOptions,
+    /// Output format of the summary
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// What the corpus holds: the flags of `albef corpus generate`, and the `[source.corpus]` table
+/// of a pipeline config (the same names, with `_` for `-`; unset keys take the flags' defaults).
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct CorpusOptions {
     /// Distinct pictures, held-out ones included
-    #[arg(long)]
+    #[arg(long, default_value_t = 1000)]
     n: usize,
     /// Seed: the same seed gives byte-identical corpora
     #[arg(long, default_value_t = 0)]
@@ -64,9 +77,12 @@ pub(super) struct GenerateArgs {
     /// Threads drawing and encoding pictures
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Output format of the summary
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+}
+
+impl Default for CorpusOptions {
+    fn default() -> Self {
+        super::flag_defaults("albef corpus generate")
+    }
 }
 
 #[derive(Args)]
@@ -111,7 +127,10 @@ impl CorpusArgs {
 
 /// Writes the corpus `a` asks for and returns what it holds (`albef corpus generate` and the
 /// pipeline's corpus stage).
-pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<albef_corpus::Summary> {
+pub(super) async fn generate_corpus(
+    out: &Path,
+    a: &CorpusOptions,
+) -> Result<albef_corpus::Summary> {
     let opts = GenerateOptions {
         n: a.n,
         seed: a.seed,
@@ -124,14 +143,14 @@ pub(super) async fn generate_corpus(a: &GenerateArgs) -> Result<albef_corpus::Su
         base_url: a.base_url.clone(),
         threads: a.threads,
     };
-    let out = a.out.clone();
+    let out = out.to_path_buf();
     tokio::task::spawn_blocking(move || albef_corpus::generate(&out, &opts))
         .await
         .context("the generator thread panicked")?
 }
 
 async fn generate(a: GenerateArgs) -> Result<()> {
-    let summary = generate_corpus(&a).await?;
+    let summary = generate_corpus(&a.out, &a.opts).await?;
     let mut table = Table::new(["field", "value"]);
     let value = serde_json::to_value(&summary)?;
     if let Some(fields) = value.as_object() {

@@ -7,6 +7,7 @@ use albef_registry::Registry;
 use albef_train::config::parse_device;
 use anyhow::{Context, Result};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,13 +16,29 @@ use std::path::PathBuf;
 pub struct FilterArgs {
     /// Checkpoint to score with: its registry id, MODEL@ALIAS or models:/MODEL@ALIAS
     #[arg(long)]
-    checkpoint: String,
+    pub(super) checkpoint: String,
     /// Dataset version to filter: NAME (latest finished version) or NAME@VERSION
     #[arg(long)]
-    dataset: String,
+    pub(super) dataset: String,
     /// Folder of the filtered version's shards and report (not needed with --dry-run)
     #[arg(long, required_unless_present = "dry_run")]
-    output: Option<PathBuf>,
+    pub(super) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) opts: FilterOptions,
+    /// Score and report what would be kept; write and register nothing
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub(super) format: Format,
+}
+
+/// How pairs are scored and which are kept: the flags of `albef filter` besides its checkpoint,
+/// dataset and output, and the `[filter]` section of a pipeline config (the same names, with
+/// `_` for `-`; unset keys take the flags' defaults).
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FilterOptions {
     /// Keep this fraction of the scored pairs, the highest-scored (DataComp keeps 0.3)
     #[arg(long, conflicts_with = "threshold")]
     keep_fraction: Option<f64>,
@@ -46,19 +63,23 @@ pub struct FilterArgs {
     /// Lowest- and highest-scored pairs shown on the contact sheet, each
     #[arg(long, default_value_t = 8)]
     sheet_size: usize,
-    /// Score and report what would be kept; write and register nothing
-    #[arg(long)]
-    dry_run: bool,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+}
+
+impl Default for FilterOptions {
+    fn default() -> Self {
+        super::flag_defaults("albef filter")
+    }
 }
 
 impl FilterArgs {
     /// The filter job these flags describe (`albef filter` and the pipeline's filter stage).
     pub(super) fn job(self) -> Result<FilterJob> {
-        let selection = match (self.keep_fraction, self.threshold) {
-            (Some(f), _) => Selection::KeepFraction(f),
+        let o = self.opts;
+        let selection = match (o.keep_fraction, o.threshold) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give keep_fraction or threshold, not both")
+            }
+            (Some(f), None) => Selection::KeepFraction(f),
             (None, Some(t)) => Selection::Threshold(t),
             (None, None) => anyhow::bail!("give --keep-fraction F or --threshold T"),
         };
@@ -67,14 +88,14 @@ impl FilterArgs {
             dataset: self.dataset,
             output: self.output.unwrap_or_default(),
             selection,
-            score: self.score,
-            batch_size: self.batch_size,
-            workers: self.workers,
-            device: parse_device(&self.device)?,
-            tokenizer: self.tokenizer,
+            score: o.score,
+            batch_size: o.batch_size,
+            workers: o.workers,
+            device: parse_device(&o.device)?,
+            tokenizer: o.tokenizer,
             dry_run: self.dry_run,
             progress: std::io::stderr().is_terminal(),
-            sheet_size: self.sheet_size,
+            sheet_size: o.sheet_size,
         })
     }
 }

@@ -11,14 +11,16 @@ use albef_ingest::{IngestConfig, ShardClaims};
 use albef_registry::Registry;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
 #[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum Resize {
     KeepRatio,
     CenterCrop,
@@ -37,6 +39,39 @@ pub struct IngestArgs {
     /// Dataset name in the registry; the run makes its next version
     #[arg(long)]
     pub(super) dataset: String,
+    #[command(flatten)]
+    opts: IngestOptions,
+    /// This worker's index among --num-workers (shard % N == I)
+    #[arg(long, default_value_t = 0)]
+    worker_index: u64,
+    /// Number of workers sharing the list
+    #[arg(long, default_value_t = 1)]
+    num_workers: u64,
+    /// Share the list with other workers, on any machines with this registry (Postgres) and
+    /// this output folder, by claiming shards through registry leases instead of
+    /// --worker-index/--num-workers. Each worker stays until every shard is complete and takes
+    /// over the shards of a worker that died; start every worker of the list with this flag
+    #[arg(long, conflicts_with_all = ["worker_index", "num_workers"])]
+    claim_shards: bool,
+    /// Seconds a shard claim lasts without renewal (renewed every third of it): how long a dead
+    /// worker's shards wait before another worker takes them over
+    #[arg(long, default_value_t = 60.0, requires = "claim_shards", value_parser = super::positive_seconds)]
+    claim_lease: f64,
+    /// Seconds to wait for another ingest of the same dataset to finish (0: exit at once with a
+    /// message naming it); overlapping runs from cron never write one dataset together
+    #[arg(long, default_value_t = 0)]
+    lock_wait: u64,
+    /// Output format of the summary
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// How a URL list is read, fetched, checked, resized and deduplicated: the flags of `albef
+/// ingest` besides its input, output, dataset and worker flags, and the `[ingest]` section of a
+/// pipeline config (the same names, with `_` for `-`; unset keys take the flags' defaults).
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct IngestOptions {
     /// URL column [default: url or URL]
     #[arg(long)]
     url_col: Option<String>,
@@ -111,100 +146,140 @@ pub struct IngestArgs {
     /// Largest pHash Hamming distance of near duplicates (-1: exact duplicates only)
     #[arg(long, default_value_t = albef_ingest::DEFAULT_PHASH_DISTANCE as i32, allow_hyphen_values = true)]
     phash_distance: i32,
-    /// This worker's index among --num-workers (shard % N == I)
-    #[arg(long, default_value_t = 0)]
-    worker_index: u64,
-    /// Number of workers sharing the list
-    #[arg(long, default_value_t = 1)]
-    num_workers: u64,
-    /// Share the list with other workers, on any machines with this registry (Postgres) and
-    /// this output folder, by claiming shards through registry leases instead of
-    /// --worker-index/--num-workers. Each worker stays until every shard is complete and takes
-    /// over the shards of a worker that died; start every worker of the list with this flag
-    #[arg(long, conflicts_with_all = ["worker_index", "num_workers"])]
-    claim_shards: bool,
-    /// Seconds a shard claim lasts without renewal (renewed every third of it): how long a dead
-    /// worker's shards wait before another worker takes them over
-    #[arg(long, default_value_t = 60.0, requires = "claim_shards", value_parser = super::positive_seconds)]
-    claim_lease: f64,
     /// Threads decoding and resizing images [default: the number of cores]
     #[arg(long)]
     image_threads: Option<usize>,
-    /// Seconds to wait for another ingest of the same dataset to finish (0: exit at once with a
-    /// message naming it); overlapping runs from cron never write one dataset together
-    #[arg(long, default_value_t = 0)]
-    lock_wait: u64,
-    /// Output format of the summary
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        super::flag_defaults("albef ingest")
+    }
+}
+
+impl IngestOptions {
+    /// The checks clap's value parsers make on the command line, for options read from a file.
+    fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            anyhow::ensure!(
+                super::is_positive_seconds(v),
+                "{name} = {v} is not a number of seconds above 0"
+            );
+        }
+        for (name, v) in [
+            ("per_host_rate", self.per_host_rate),
+            ("backoff", self.backoff),
+        ] {
+            anyhow::ensure!(
+                super::is_non_negative(v),
+                "{name} = {v} is not a finite number of at least 0"
+            );
+        }
+        anyhow::ensure!(
+            (1..=100).contains(&self.quality),
+            "quality = {} is not in 1..=100",
+            self.quality
+        );
+        Ok(())
+    }
 }
 
 impl IngestArgs {
-    pub(super) fn config(&self) -> IngestConfig {
+    /// One worker ingesting `input` into the next version of `dataset` in the folder `output`
+    /// (the pipeline's ingest stage), waiting up to `lock_wait` seconds for another ingest of
+    /// the dataset to finish.
+    pub(super) fn one_worker(
+        input: String,
+        output: PathBuf,
+        dataset: String,
+        opts: IngestOptions,
+        lock_wait: u64,
+    ) -> Self {
+        IngestArgs {
+            input,
+            output,
+            dataset,
+            opts,
+            worker_index: 0,
+            num_workers: 1,
+            claim_shards: false,
+            claim_lease: 60.0,
+            lock_wait,
+            format: Format::Table,
+        }
+    }
+
+    pub(super) fn config(&self) -> Result<IngestConfig> {
+        let o = &self.opts;
+        o.check()?;
         let defaults = IngestConfig::default();
-        IngestConfig {
+        Ok(IngestConfig {
             input: InputSpec {
                 input: self.input.clone(),
-                url_col: self.url_col.clone(),
-                caption_col: self.caption_col.clone(),
-                columns: self.columns.clone(),
-                keep_cols: self.keep_cols.clone(),
+                url_col: o.url_col.clone(),
+                caption_col: o.caption_col.clone(),
+                columns: o.columns.clone(),
+                keep_cols: o.keep_cols.clone(),
             },
             output: self.output.clone(),
-            shard_size: self.shard_size,
+            shard_size: o.shard_size,
             worker_index: self.worker_index,
             num_workers: self.num_workers,
             claims: None,
             fetch: FetchConfig {
-                timeout: Duration::from_secs_f64(self.timeout),
-                connect_timeout: Duration::from_secs_f64(self.connect_timeout),
-                retries: self.retries,
-                backoff: Duration::from_secs_f64(self.backoff),
-                max_body_bytes: self.max_body_bytes,
-                per_host_concurrency: self.per_host_concurrency,
-                per_host_rate: self.per_host_rate,
-                user_agent_token: self.user_agent_token.clone(),
-                disallowed_directives: if self.ignore_x_robots_tag {
+                timeout: Duration::from_secs_f64(o.timeout),
+                connect_timeout: Duration::from_secs_f64(o.connect_timeout),
+                retries: o.retries,
+                backoff: Duration::from_secs_f64(o.backoff),
+                max_body_bytes: o.max_body_bytes,
+                per_host_concurrency: o.per_host_concurrency,
+                per_host_rate: o.per_host_rate,
+                user_agent_token: o.user_agent_token.clone(),
+                disallowed_directives: if o.ignore_x_robots_tag {
                     Vec::new()
                 } else {
                     FetchConfig::default().disallowed_directives
                 },
-                respect_robots_txt: self.respect_robots_txt,
+                respect_robots_txt: o.respect_robots_txt,
                 ..FetchConfig::default()
             },
             image: ImageConfig {
-                size: self.image_size,
-                mode: match self.resize_mode {
+                size: o.image_size,
+                mode: match o.resize_mode {
                     Resize::KeepRatio => ResizeMode::KeepRatio,
                     Resize::CenterCrop => ResizeMode::CenterCrop,
                     Resize::Border => ResizeMode::Border,
                     Resize::No => ResizeMode::No,
                 },
-                min_size: self.min_size,
-                max_aspect_ratio: self.max_aspect_ratio,
-                max_pixels: self.max_pixels,
-                quality: self.quality,
+                min_size: o.min_size,
+                max_aspect_ratio: o.max_aspect_ratio,
+                max_pixels: o.max_pixels,
+                quality: o.quality,
             },
-            dedupe: !self.no_dedupe,
-            phash_distance: u32::try_from(self.phash_distance).ok(),
-            max_in_flight: self.max_in_flight,
-            image_threads: self.image_threads.unwrap_or(defaults.image_threads),
+            dedupe: !o.no_dedupe,
+            phash_distance: u32::try_from(o.phash_distance).ok(),
+            max_in_flight: o.max_in_flight,
+            image_threads: o.image_threads.unwrap_or(defaults.image_threads),
             progress: true,
-        }
+        })
     }
 
     /// The parameters recorded with the dataset version.
     pub(super) fn params(&self) -> serde_json::Value {
+        let o = &self.opts;
         json!({
-            "input": self.input, "url_col": self.url_col, "caption_col": self.caption_col,
-            "columns": self.columns, "keep_cols": self.keep_cols, "shard_size": self.shard_size,
-            "image_size": self.image_size, "resize_mode": self.resize_mode.to_possible_value().map(|v| v.get_name().to_string()),
-            "quality": self.quality, "min_size": self.min_size, "max_aspect_ratio": self.max_aspect_ratio,
-            "max_pixels": self.max_pixels, "per_host_concurrency": self.per_host_concurrency,
-            "per_host_rate": self.per_host_rate, "timeout": self.timeout, "retries": self.retries,
-            "max_body_bytes": self.max_body_bytes, "user_agent_token": self.user_agent_token,
-            "ignore_x_robots_tag": self.ignore_x_robots_tag, "respect_robots_txt": self.respect_robots_txt,
-            "dedupe": !self.no_dedupe, "phash_distance": self.phash_distance,
+            "input": self.input, "url_col": o.url_col, "caption_col": o.caption_col,
+            "columns": o.columns, "keep_cols": o.keep_cols, "shard_size": o.shard_size,
+            "image_size": o.image_size, "resize_mode": o.resize_mode,
+            "quality": o.quality, "min_size": o.min_size, "max_aspect_ratio": o.max_aspect_ratio,
+            "max_pixels": o.max_pixels, "per_host_concurrency": o.per_host_concurrency,
+            "per_host_rate": o.per_host_rate, "timeout": o.timeout, "retries": o.retries,
+            "max_body_bytes": o.max_body_bytes, "user_agent_token": o.user_agent_token,
+            "ignore_x_robots_tag": o.ignore_x_robots_tag, "respect_robots_txt": o.respect_robots_txt,
+            "dedupe": !o.no_dedupe, "phash_distance": o.phash_distance,
             "num_workers": self.num_workers, "claim_shards": self.claim_shards,
         })
     }
@@ -265,7 +340,7 @@ pub(super) async fn ingest_dataset(
         args.num_workers
     );
     let owner = format!("{}:ingest", albef_registry::process_owner());
-    let mut config = args.config();
+    let mut config = args.config()?;
     let mut wait = Duration::from_secs(args.lock_wait);
     if args.claim_shards {
         anyhow::ensure!(

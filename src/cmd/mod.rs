@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// What every command gets from the global flags.
+#[derive(Clone)]
 pub struct Context {
     /// The registry URL: `--registry`, `ALBEF_REGISTRY_URL`, or the SQLite file under `home`.
     pub registry_url: String,
@@ -52,11 +53,11 @@ pub enum Command {
     Eval(train::EvalArgs),
     /// Score captions with the momentum model and make a filtered dataset version
     Filter(filter::FilterArgs),
-    /// Run the whole pipeline from one config
+    /// Run ALBEF's data loop from one config: ingest, filter, train, evaluate, gated promotion
     Pipeline(pipeline::PipelineArgs),
-    /// Manage scheduled ingestion
+    /// Manage schedules: cron-timed ingests or whole pipelines
     Schedule(schedule::ScheduleArgs),
-    /// Run scheduler workers that claim and run due ingestion jobs
+    /// Run scheduler workers that claim and run due jobs (ingests and pipelines)
     Scheduler(schedule::SchedulerArgs),
     /// Serve the JSON API and the web dashboard
     Serve(serve::ServeArgs),
@@ -85,7 +86,7 @@ impl Command {
 }
 
 /// Parses a command's flags from a list, with the same defaults, environment variables and checks
-/// as on the command line: how the pipeline's stages call the commands' code.
+/// as on the command line (the flags a schedule stores for its ingest jobs).
 pub fn parse_flags<T: Args + FromArgMatches>(
     command: &'static str,
     flags: &[String],
@@ -98,21 +99,39 @@ pub fn parse_flags<T: Args + FromArgMatches>(
         .map_err(|e| anyhow::anyhow!("`{command}` flags {flags:?}: {}", e.render()))
 }
 
+/// A stage's options as its command gives them when no flag is passed (clap's defaults and
+/// environment variables): the `Default` of the structs that are both a command's flags and a
+/// pipeline config's section, so that the two cannot disagree.
+pub fn flag_defaults<T: Args + FromArgMatches>(command: &'static str) -> T {
+    parse_flags(command, &[])
+        .unwrap_or_else(|e| panic!("every option of `{command}` has a default: {e:#}"))
+}
+
 /// A number of seconds from the command line that a duration is made of: finite and above 0
 /// (`Duration::from_secs_f64` panics on negative, NaN and infinite values).
 pub fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        Ok(v) if is_positive_seconds(v) => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds above 0")),
     }
+}
+
+/// What [`positive_seconds`] accepts, for a number read from a config file.
+pub fn is_positive_seconds(v: f64) -> bool {
+    v.is_finite() && v > 0.0 && v < 1e9
 }
 
 /// A finite number of at least 0 (a rate, a pause that may be none).
 pub fn non_negative(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if (0.0..1e9).contains(&v) => Ok(v),
+        Ok(v) if is_non_negative(v) => Ok(v),
         _ => Err(format!("{s:?} is not a finite number of at least 0")),
     }
+}
+
+/// What [`non_negative`] accepts, for a number read from a config file.
+pub fn is_non_negative(v: f64) -> bool {
+    (0.0..1e9).contains(&v)
 }
 
 /// The signal that stopped the command (2 for Ctrl-C, 15 for SIGTERM), 0 while none has.

@@ -1,16 +1,21 @@
-//! `albef schedule add|list|remove|trigger|jobs` (schedules of ingestion jobs in the registry)
-//! and `albef scheduler run` (the ticker and workers of `albef_ingest::schedule_worker`). A
-//! schedule stores the `albef ingest` flags of its jobs; they are parsed here, as `albef
-//! ingest` parses them, when the schedule is added (to refuse bad flags early) and when a job
-//! runs.
+//! `albef schedule add|list|remove|trigger|jobs` (schedules in the registry) and `albef
+//! scheduler run` (the ticker and workers of `albef_ingest::schedule_worker`). A schedule runs
+//! either ingests, storing the `albef ingest` flags of its jobs (parsed here, as `albef ingest`
+//! parses them, when the schedule is added, to refuse bad flags early, and when a job runs), or
+//! whole pipelines, storing the path of the pipeline config (read when the schedule is added and
+//! again by each job, which runs `albef pipeline --config FILE`).
 use super::ingest::IngestArgs;
+use super::pipeline::{self, RunRequest};
 use crate::output::{Format, Table};
-use albef_ingest::schedule_worker::{self, IngestJob, JobDecoder, SchedulerOptions};
+use albef_ingest::schedule_worker::{self, IngestJob, Job, JobDecoder, JobWork, SchedulerOptions};
 use albef_registry::jobs::format_utc;
 use albef_registry::Registry;
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +27,8 @@ pub struct ScheduleArgs {
 
 #[derive(Subcommand)]
 enum ScheduleCommand {
-    /// Add a schedule: a cron expression, its time zone and the `albef ingest` flags of its jobs
+    /// Add a schedule: a cron expression, its time zone, and the `albef ingest` flags of its jobs
+    /// or the pipeline config they run
     Add(AddArgs),
     /// List schedules: cron, next due time, last run and the status of the latest job
     List {
@@ -71,13 +77,17 @@ struct AddArgs {
     /// Output format of the added schedule
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Each job runs this pipeline config, as `albef pipeline --config FILE` would: it
+    /// continues the pipeline's unfinished run or starts a new one
+    #[arg(long, value_name = "FILE", conflicts_with = "ingest")]
+    pipeline: Option<PathBuf>,
     /// The `albef ingest` flags of each job, after the options above: --input LIST --output DIR
     /// --dataset NAME [...]. Each job writes its version under DIR/job-ID
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
         num_args = 1..,
-        required = true,
+        required_unless_present = "pipeline",
         value_name = "INGEST FLAGS"
     )]
     ingest: Vec<String>,
@@ -97,14 +107,38 @@ fn job_flags(config: &Value) -> Result<Vec<String>> {
         .with_context(|| format!("\"ingest_args\" of {config} is not a list of strings"))
 }
 
-fn decode_job(config: &Value) -> Result<IngestJob> {
+/// The job a schedule's stored parameters describe: a pipeline run when they name a pipeline
+/// config, an ingest otherwise.
+fn decode_job(ctx: &super::Context, reg: &Registry, config: &Value) -> Result<Job> {
+    if let Some(path) = config.get(PIPELINE_KEY) {
+        let path: PathBuf = serde_json::from_value(path.clone())
+            .with_context(|| format!("\"{PIPELINE_KEY}\" of {config} is not a path"))?;
+        pipeline::check_config(&path)?;
+        let (ctx, reg) = (ctx.clone(), reg.clone());
+        let work: JobWork = Box::new(move |stop| {
+            let run: Pin<Box<dyn Future<Output = Result<Value>> + Send>> = Box::pin(async move {
+                let request = RunRequest {
+                    config: path,
+                    work_dir: None,
+                    new_run: false,
+                    from: None,
+                };
+                pipeline::run_pipeline(&ctx, &reg, &request, stop).await
+            });
+            run
+        });
+        return Ok(Job::Other(work));
+    }
     let args = parse_ingest_flags(&job_flags(config)?)?;
-    Ok(IngestJob {
+    Ok(Job::Ingest(Box::new(IngestJob {
         dataset: args.dataset.clone(),
-        config: args.config(),
+        config: args.config()?,
         params: args.params(),
-    })
+    })))
 }
+
+/// The key of a pipeline schedule's parameters that holds its config's absolute path.
+const PIPELINE_KEY: &str = "pipeline";
 
 fn time(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |t| json!(format_utc(t)))
@@ -115,10 +149,23 @@ impl ScheduleArgs {
         let reg = Registry::connect(&ctx.registry_url).await?;
         match self.command {
             ScheduleCommand::Add(a) => {
-                parse_ingest_flags(&a.ingest)?;
-                let s = reg
-                    .add_schedule(&a.name, &a.cron, &a.tz, &json!({ "ingest_args": a.ingest }))
-                    .await?;
+                let params = match &a.pipeline {
+                    Some(path) => {
+                        pipeline::check_config(path)?;
+                        let path = path
+                            .canonicalize()
+                            .with_context(|| format!("cannot resolve {}", path.display()))?;
+                        Value::Object(serde_json::Map::from_iter([(
+                            PIPELINE_KEY.to_string(),
+                            json!(path),
+                        )]))
+                    }
+                    None => {
+                        parse_ingest_flags(&a.ingest)?;
+                        json!({ "ingest_args": a.ingest })
+                    }
+                };
+                let s = reg.add_schedule(&a.name, &a.cron, &a.tz, &params).await?;
                 schedules_table(&[s]).print(a.format)
             }
             ScheduleCommand::List { format } => {
@@ -180,7 +227,10 @@ fn schedules_table(list: &[albef_registry::jobs::Schedule]) -> Table {
         "name", "cron", "tz", "next_run", "last_run", "status", "jobs", "enabled", "ingest",
     ]);
     for s in list {
-        let flags = job_flags(&s.config).map_or_else(|_| s.config.to_string(), |f| f.join(" "));
+        let flags = match s.config.get(PIPELINE_KEY) {
+            Some(path) => format!("--pipeline {}", path.as_str().unwrap_or_default()),
+            None => job_flags(&s.config).map_or_else(|_| s.config.to_string(), |f| f.join(" ")),
+        };
         t.push(vec![
             json!(s.name),
             json!(s.cron),
@@ -266,7 +316,8 @@ impl SchedulerArgs {
             owner: a.owner.unwrap_or_else(albef_registry::process_owner),
         };
         let stop = super::stop_on_ctrl_c("stopping after the jobs in flight commit their shards");
-        let decode: JobDecoder = Arc::new(decode_job);
+        let (job_ctx, job_reg) = (ctx.clone(), reg.clone());
+        let decode: JobDecoder = Arc::new(move |config| decode_job(&job_ctx, &job_reg, config));
         eprintln!(
             "albef scheduler: {} worker(s) as {} on the {} registry",
             opts.workers,

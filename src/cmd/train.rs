@@ -9,11 +9,12 @@ use albef_dist::{Backend, World};
 use albef_registry::{Registry, RunStatus};
 use albef_train::checkpoint::Loaded;
 use albef_train::config::{parse_device, Config};
-use albef_train::eval::evaluate_checkpoint;
+use albef_train::eval::{evaluate_checkpoint, Recall};
 use albef_train::trainer::tracking::{flatten_params, latest_checkpoint};
 use albef_train::trainer::{self, Dist, Tracking, TrainJob, Trained};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -26,71 +27,99 @@ use tch::Device;
 pub struct TrainArgs {
     /// Model and recipe config (TOML), e.g. configs/albef-tiny.toml; required unless --resume
     #[arg(long, required_unless_present = "resume")]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Dataset version to train on: NAME (latest finished) or NAME@VERSION; required unless --resume
     #[arg(long, required_unless_present = "resume")]
-    dataset: Option<String>,
+    pub(super) dataset: Option<String>,
     /// Held-out dataset version for retrieval evaluation during and at the end of training
     #[arg(long)]
-    eval_dataset: Option<String>,
+    pub(super) eval_dataset: Option<String>,
     /// Continue run RUN from its newest checkpoint (a new run records the continuation)
     #[arg(long, conflicts_with_all = ["config", "dataset"])]
-    resume: Option<i64>,
+    pub(super) resume: Option<i64>,
     /// A restartable job: continue from the newest checkpoint of the runs of this name in the
     /// experiment (NAME, then NAME-restart-TIME for each restart), or start run NAME from
     /// --config and --dataset when there is none. The same command line then serves every
     /// attempt of `torchrun --max-restarts K` or of a requeued Slurm job
     #[arg(long, value_name = "NAME", conflicts_with_all = ["resume", "name"])]
-    resume_latest: Option<String>,
+    pub(super) resume_latest: Option<String>,
     /// Experiment of the run [default: the config file's name, or the resumed run's]
     #[arg(long)]
-    experiment: Option<String>,
+    pub(super) experiment: Option<String>,
     /// Run name, unique in its experiment [default: NAME-TIME]
     #[arg(long)]
-    name: Option<String>,
-    /// Total optimiser steps [default: train.max_steps, else train.epochs passes]
-    #[arg(long)]
-    steps: Option<i64>,
-    /// Evaluate on --eval-dataset every N steps (0: only at the end)
-    #[arg(long, default_value_t = 0)]
-    eval_every: i64,
-    /// Write and register a checkpoint every N steps (0: only at the end) [default: train.checkpoint_every]
-    #[arg(long)]
-    checkpoint_every: Option<i64>,
-    /// Device: cpu, cuda or cuda:N [default: the config's train.device]
-    #[arg(long)]
-    device: Option<String>,
-    /// Pairs per micro-batch [default: train.batch_size]; the queue size must be a multiple of it
-    #[arg(long, conflicts_with = "resume")]
-    batch_size: Option<i64>,
-    /// Weight each pair's losses by its filter score instead of dropping the low-scored ones:
-    /// trains on every scored row of a version made by `albef filter` (kept and filtered_out),
-    /// weights from train.score_weight_floor to 1 [default: train.score_weights]
-    #[arg(long, conflicts_with = "resume")]
-    score_weights: bool,
-    /// Micro-batches per optimiser step (gradient accumulation)
-    #[arg(long, default_value_t = 1)]
-    accumulate: i64,
-    /// Clip the global gradient norm to this value
-    #[arg(long)]
-    clip_grad: Option<f64>,
-    /// Candidates per query re-ranked by ITM in evaluation (0: rank by ITC alone)
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(0..))]
-    k_test: i64,
-    /// Data loader worker threads
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Intra-op CPU threads of libtorch [default: train.threads, 0 = libtorch's choice]
-    #[arg(long)]
-    threads: Option<i32>,
-    /// The BERT tokenizer.json
-    #[arg(long, env = "ALBEF_TOKENIZER", default_value = "assets/tokenizer.json")]
-    tokenizer: PathBuf,
+    pub(super) name: Option<String>,
     #[command(flatten)]
-    dist: DistArgs,
+    pub(super) opts: TrainOptions,
+    #[command(flatten)]
+    pub(super) dist: DistArgs,
     /// Output format of the result
     #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    pub(super) format: Format,
+}
+
+/// How a run trains: the flags of `albef train` besides what names its config, data, run and
+/// process group, and the `[train]` section of a pipeline config (the same names, with `_` for
+/// `-`; unset keys take the flags' defaults).
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct TrainOptions {
+    /// Start from this checkpoint's weights (a registry id or MODEL@ALIAS) with a new optimiser
+    /// state at step 0: continued pretraining. Its model config must match --config
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub(super) init: Option<String>,
+    /// Total optimiser steps [default: train.max_steps, else train.epochs passes]
+    #[arg(long)]
+    pub(super) steps: Option<i64>,
+    /// Evaluate on --eval-dataset every N steps (0: only at the end)
+    #[arg(long, default_value_t = 0)]
+    pub(super) eval_every: i64,
+    /// Write and register a checkpoint every N steps (0: only at the end) [default: train.checkpoint_every]
+    #[arg(long)]
+    pub(super) checkpoint_every: Option<i64>,
+    /// Device: cpu, cuda or cuda:N [default: the config's train.device]
+    #[arg(long)]
+    pub(super) device: Option<String>,
+    /// Pairs per micro-batch [default: train.batch_size]; the queue size must be a multiple of
+    /// it. Not with --resume (the checkpoint's is kept)
+    #[arg(long)]
+    pub(super) batch_size: Option<i64>,
+    /// Weight each pair's losses by its filter score instead of dropping the low-scored ones:
+    /// trains on every scored row of a version made by `albef filter` (kept and filtered_out),
+    /// weights from train.score_weight_floor to 1 [default: train.score_weights]. Not with
+    /// --resume
+    #[arg(long)]
+    pub(super) score_weights: bool,
+    /// Micro-batches per optimiser step (gradient accumulation)
+    #[arg(long, default_value_t = 1)]
+    pub(super) accumulate: i64,
+    /// Clip the global gradient norm to this value
+    #[arg(long)]
+    pub(super) clip_grad: Option<f64>,
+    /// Candidates per query re-ranked by ITM in evaluation (0: rank by ITC alone)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(0..))]
+    pub(super) k_test: i64,
+    /// Data loader worker threads
+    #[arg(long, default_value_t = 2)]
+    pub(super) workers: usize,
+    /// Intra-op CPU threads of libtorch [default: train.threads, 0 = libtorch's choice]
+    #[arg(long)]
+    pub(super) threads: Option<i32>,
+    /// The BERT tokenizer.json
+    #[arg(long, env = "ALBEF_TOKENIZER", default_value = "assets/tokenizer.json")]
+    pub(super) tokenizer: PathBuf,
+}
+
+impl Default for DistArgs {
+    fn default() -> Self {
+        super::flag_defaults("albef train")
+    }
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        super::flag_defaults("albef train")
+    }
 }
 
 /// Data-parallel training. A launcher's environment makes this process one rank of several:
@@ -152,6 +181,8 @@ struct Plan {
     resume: Option<Loaded>,
     /// The registry id of the checkpoint `resume` holds.
     from_checkpoint: Option<i64>,
+    /// The model file of --init (a fresh run only).
+    init: Option<PathBuf>,
     tags: Vec<(String, String)>,
 }
 
@@ -210,18 +241,23 @@ impl TrainArgs {
         dist: Option<&DistArgs>,
         on_run: impl FnOnce(i64) -> Result<()>,
     ) -> Result<Trained> {
+        anyhow::ensure!(
+            self.opts.k_test >= 0,
+            "k_test = {} must be at least 0",
+            self.opts.k_test
+        );
         let mut plan = self.plan(registry).await?;
-        if let Some(device) = &self.device {
+        if let Some(device) = &self.opts.device {
             plan.config.train.device = device.clone();
         }
-        if let Some(batch_size) = self.batch_size {
+        if let Some(batch_size) = self.opts.batch_size {
             plan.config.train.batch_size = batch_size;
             plan.config.validate().context("--batch-size")?;
         }
-        if let Some(threads) = self.threads {
+        if let Some(threads) = self.opts.threads {
             plan.config.train.threads = threads;
         }
-        if self.score_weights {
+        if self.opts.score_weights {
             plan.config.train.score_weights = true;
         }
         let device = parse_device(&plan.config.train.device)?;
@@ -253,10 +289,10 @@ impl TrainArgs {
             .await?;
         let mut params = Vec::new();
         flatten_params("", &config_json, &mut params);
-        params.push(("loop.accumulate".into(), self.accumulate.to_string()));
+        params.push(("loop.accumulate".into(), self.opts.accumulate.to_string()));
         params.push((
             "loop.clip_grad".into(),
-            self.clip_grad.map_or("none".into(), |c| c.to_string()),
+            self.opts.clip_grad.map_or("none".into(), |c| c.to_string()),
         ));
         if let Some(spec) = &self.dataset {
             params.push(("dataset".into(), spec.clone()));
@@ -309,6 +345,7 @@ impl TrainArgs {
     ) -> TrainJob {
         TrainJob {
             checkpoint_every: self
+                .opts
                 .checkpoint_every
                 .unwrap_or(plan.config.train.checkpoint_every),
             config: plan.config,
@@ -316,15 +353,16 @@ impl TrainArgs {
             dataset_version: plan.dataset_version,
             data_dir: plan.data_dir,
             eval_dir,
-            steps: self.steps,
-            accumulate: self.accumulate,
-            clip_grad: self.clip_grad,
-            eval_every: self.eval_every,
-            k_test: self.k_test,
-            workers: self.workers,
-            tokenizer: self.tokenizer.clone(),
+            steps: self.opts.steps,
+            accumulate: self.opts.accumulate,
+            clip_grad: self.opts.clip_grad,
+            eval_every: self.opts.eval_every,
+            k_test: self.opts.k_test,
+            workers: self.opts.workers,
+            tokenizer: self.opts.tokenizer.clone(),
             checkpoint_dir: home.join("checkpoints").join(format!("run-{run}")),
             resume: plan.resume,
+            init: plan.init,
             progress: std::io::stderr().is_terminal() && dist.as_ref().is_none_or(|d| d.is_main()),
             dist,
             dist_overlap: !self.dist.dist_sync,
@@ -338,6 +376,16 @@ impl TrainArgs {
         // Milliseconds since the epoch keep default names unique.
         let stamp = albef_registry::now_ms();
         if let Some(resumed) = self.resume {
+            let o = &self.opts;
+            for (given, flag) in [
+                (o.batch_size.is_some(), "--batch-size"),
+                (o.score_weights, "--score-weights"),
+                (o.init.is_some(), "--init"),
+            ] {
+                if given {
+                    bail!("{flag} cannot be used with --resume: a resumed run keeps its checkpoint's settings and weights");
+                }
+            }
             let ckpt = latest_checkpoint(registry, resumed).await?;
             let old = registry.run(resumed).await?;
             let name = format!("{}-from-{}-{stamp}", old.name, ckpt.step);
@@ -367,6 +415,18 @@ impl TrainArgs {
             }
         }
         let version = registry.dataset_version(spec).await?;
+        let mut tags = Vec::new();
+        let init = match &self.opts.init {
+            Some(spec) => {
+                let ckpt = registry
+                    .resolve_checkpoint(spec)
+                    .await
+                    .with_context(|| format!("--init {spec}"))?;
+                tags.push(("init_checkpoint".into(), ckpt.id.to_string()));
+                Some(PathBuf::from(ckpt.uri))
+            }
+            None => None,
+        };
         Ok(Plan {
             config: Config::load(path)?,
             dataset_version: version.id,
@@ -375,7 +435,8 @@ impl TrainArgs {
             name: self.name.clone().unwrap_or(name),
             resume: None,
             from_checkpoint: None,
-            tags: Vec::new(),
+            init,
+            tags,
         })
     }
 
@@ -400,6 +461,7 @@ impl TrainArgs {
             name: self.name.clone().unwrap_or(name),
             resume: Some(loaded),
             from_checkpoint: Some(ckpt.id),
+            init: None,
             tags: vec![
                 ("resumed_from_run".into(), old.id.to_string()),
                 ("resumed_from_checkpoint".into(), ckpt.id.to_string()),
@@ -494,33 +556,16 @@ impl EvalArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
         let registry = Registry::connect(&ctx.registry_url).await?;
         let ckpt = registry.resolve_checkpoint(&self.checkpoint).await?;
-        let weights = PathBuf::from(&ckpt.uri);
-        let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => {
-                Loaded::open(&weights)
-                    .with_context(|| {
-                        format!(
-                            "checkpoint {} has no trainer state beside it: pass --config",
-                            ckpt.id
-                        )
-                    })?
-                    .state
-                    .config
-            }
-        };
-        if let Some(device) = &self.device {
-            config.train.device = device.clone();
-        }
-        let device = parse_device(&config.train.device)?;
-        let version = registry.dataset_version(&self.dataset).await?;
-        let data_dir = PathBuf::from(&version.uri);
-        let (tokenizer, k_test) = (self.tokenizer.clone(), self.k_test);
-        let recall = tokio::task::spawn_blocking(move || {
-            evaluate_checkpoint(&config, &weights, &data_dir, &tokenizer, device, k_test)
-        })
-        .await
-        .context("the evaluation thread panicked")??;
+        let recall = evaluate(
+            &registry,
+            &ckpt,
+            &self.dataset,
+            self.config.as_deref(),
+            self.device.as_deref(),
+            &self.tokenizer,
+            self.k_test,
+        )
+        .await?;
         match self.format {
             Format::Json => print_json(&serde_json::to_value(recall)?),
             format => {
@@ -532,4 +577,45 @@ impl EvalArgs {
             }
         }
     }
+}
+
+/// Zero-shot retrieval of `ckpt` on dataset version `dataset` (`albef eval` and the pipeline's
+/// eval stage): with the model config `config`, else the one saved beside the checkpoint, on
+/// `device`, else the config's `train.device`.
+pub(super) async fn evaluate(
+    registry: &Registry,
+    ckpt: &albef_registry::Checkpoint,
+    dataset: &str,
+    config: Option<&Path>,
+    device: Option<&str>,
+    tokenizer: &Path,
+    k_test: i64,
+) -> Result<Recall> {
+    let weights = PathBuf::from(&ckpt.uri);
+    let mut config = match config {
+        Some(path) => Config::load(path)?,
+        None => {
+            Loaded::open(&weights)
+                .with_context(|| {
+                    format!(
+                        "checkpoint {} has no trainer state beside it: pass --config",
+                        ckpt.id
+                    )
+                })?
+                .state
+                .config
+        }
+    };
+    if let Some(device) = device {
+        config.train.device = device.to_string();
+    }
+    let device = parse_device(&config.train.device)?;
+    let version = registry.dataset_version(dataset).await?;
+    let data_dir = PathBuf::from(&version.uri);
+    let tokenizer = tokenizer.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        evaluate_checkpoint(&config, &weights, &data_dir, &tokenizer, device, k_test)
+    })
+    .await
+    .context("the evaluation thread panicked")?
 }

@@ -66,6 +66,9 @@ pub struct TrainJob {
     pub checkpoint_dir: PathBuf,
     /// Continue from this checkpoint.
     pub resume: Option<Loaded>,
+    /// A fresh run starts from this model file's weights (continued pretraining: the optimiser
+    /// state and the step start anew). Not with `resume`.
+    pub init: Option<PathBuf>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// The process group when this is one rank of several (`None`: this process alone).
@@ -671,6 +674,17 @@ fn fresh_state(
         }
         tracing::info!("text encoder initialised from {report}");
         model.copy_params();
+    }
+    if let Some(path) = &job.init {
+        // The whole model, momentum encoders and queues included: continued pretraining goes on
+        // from where the checkpoint's run was.
+        checkpoint::load_model(vs, path).with_context(|| {
+            format!(
+                "cannot start from {}: its weights do not fit the model config",
+                path.display()
+            )
+        })?;
+        tracing::info!("weights initialised from {}", path.display());
     }
     let total_steps = job.steps.filter(|&s| s > 0).unwrap_or(if t.max_steps > 0 {
         t.max_steps
