@@ -50,9 +50,20 @@ fn as_rank(cmd: &mut Command, rank: usize, world_size: usize, port: u16) -> &mut
         .env_remove("TORCHELASTIC_USE_AGENT_STORE")
 }
 
+/// A port nobody listens on now and not handed out before in this process: the tests of one
+/// binary run at once, and the OS may hand a port just released out again, which would join
+/// the ranks of two tests in one store.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts two ranks of `cmd(rank)`.

@@ -1,15 +1,12 @@
 //! A world of one rank, in the test process itself: the group works and returns its own values.
+mod common;
 use std::time::Duration;
 
 use albef_dist::{Backend, Launcher, ProcessGroup, World};
 use tch::{Device, Kind, Tensor};
 
 fn world_of_one() -> World {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     World {
         rank: 0,
         world_size: 1,

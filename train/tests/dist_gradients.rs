@@ -157,6 +157,22 @@ fn overlapped_backward(
     });
 }
 
+/// A port nobody listens on now and not handed out before in this process: the tests of one
+/// binary run at once, and the OS may hand a port just released out again, which would join
+/// the ranks of two tests in one store.
+fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 fn spawn_rank(test: &str, rank: usize, port: u16, out: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads", "1"])
@@ -203,11 +219,7 @@ fn check_against_the_halves(test: &str, overlap: bool) {
         return run_rank(&PathBuf::from(out), overlap);
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let ranks: Vec<_> = (0..2)
         .map(|r| spawn_rank(test, r, port, dir.path()))
         .collect();

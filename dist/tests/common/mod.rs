@@ -9,10 +9,20 @@ use std::time::{Duration, Instant};
 
 pub const CHECK: &str = env!("CARGO_BIN_EXE_albef-dist-check");
 
-/// A port nobody listens on now.
+/// A port nobody listens on now and not handed out before in this process: the tests of one
+/// binary run at once, and the OS may hand a port just released out again, which would join
+/// the ranks of two tests in one store.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A rank started as torchrun would start it (rank 0 serves the store), and its output.
