@@ -478,6 +478,7 @@ overrides = {{ train = {{ lr = 3e-4, warmup_steps = 2 }} }}
 steps = 6
 batch_size = 8
 init = "mine-model@production"
+data = "union"
 [filter]
 keep_fraction = 0.7
 batch_size = 32
@@ -506,6 +507,10 @@ min_r1_t2i = 0.0
     assert_eq!(first["ingest"]["eval"], "mine-eval@1");
     assert_eq!(first["ingest"]["eval_rows"], 30);
     assert!(first["plan"]["filter_checkpoint"].is_null());
+    assert_eq!(
+        first["train_filtered"]["dataset"], "mine@2",
+        "no earlier run to join"
+    );
     assert_eq!(first["promoted"]["outcome"], "promoted");
     let holder1 = json_i64(&first["promoted"]["checkpoint"]);
 
@@ -642,7 +647,14 @@ min_r1_t2i = 0.0
     )
     .unwrap();
     assert_eq!(state["finished"], true);
-    assert_eq!(state["ingest"]["train"]["spec"], "mine@5");
+    assert_eq!(state["ingest"]["train"]["spec"], "mine@6");
+    assert_eq!(state["train_filtered"]["dataset"], "mine@8");
+    let union = rt.block_on(reg.dataset_version("mine@8")).unwrap();
+    assert_eq!(union.stage, "union");
+    assert_eq!(
+        union.params["members"],
+        serde_json::json!(["mine@2", "mine@4", "mine@7"])
+    );
     assert_eq!(state["ingest"]["train"]["success"], 20);
     assert_eq!(json_i64(&state["plan"]["filter_checkpoint"]), holder2);
     let history = rt.block_on(reg.promotion_history("mine-model")).unwrap();

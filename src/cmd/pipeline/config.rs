@@ -50,10 +50,23 @@ pub(super) enum EvalSource {
     Dataset(String),
 }
 
+/// What the `train-filtered` stage trains on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum TrainData {
+    /// This run's filtered version: the pairs that are new since the last run.
+    #[default]
+    New,
+    /// This run's filtered version together with the filtered versions of the pipeline's
+    /// earlier finished runs.
+    Union,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct TrainSection {
     /// Model and recipe config.
     pub config: PathBuf,
+    pub data: TrainData,
     /// Tables merged over that config (e.g. `overrides = { train = { lr = 3e-4 } }`).
     pub overrides: toml::Table,
     pub opts: TrainOptions,
@@ -134,6 +147,7 @@ impl PipelineConfig {
             .with_context(|| format!("{file}: [train] needs `config`, the model config file"))?;
         let train = TrainSection {
             config: resolve(&dir, &config),
+            data: taken(&mut train, &file, "train", "data")?.unwrap_or_default(),
             overrides: taken(&mut train, &file, "train", "overrides")?.unwrap_or_default(),
             opts: section(&file, "train", toml::Value::Table(train))?,
         };
@@ -273,6 +287,7 @@ min_r1_t2i = 0.0
         );
         assert!(matches!(&cfg.eval, Some(EvalSource::Urls(u)) if u == "/data/val.tsv"));
         assert!(cfg.train.config.is_absolute());
+        assert_eq!(cfg.train.data, TrainData::New);
         let json = serde_json::to_value(&cfg).unwrap();
         assert_eq!(json["train"]["opts"]["steps"], 300);
         // What `albef train` and `albef ingest` give without flags.
@@ -315,6 +330,7 @@ min_r1_t2i = 0.0
         let cfg = PipelineConfig::load(&root.join("configs/pipeline-urls.toml")).unwrap();
         assert!(matches!(&cfg.source, Source::Urls(u) if u == "/data/cc3m/train.tsv"));
         assert_eq!(cfg.train.opts.init.as_deref(), Some("albef@production"));
+        assert_eq!(cfg.train.data, TrainData::Union);
         assert!(cfg.train.config.ends_with("configs/albef-tiny.toml"));
     }
 

@@ -16,6 +16,7 @@ mod config;
 mod stages;
 mod state;
 mod summary;
+mod union;
 
 use self::config::{PipelineConfig, Source};
 use self::state::{Plan, Stage, State};

@@ -54,7 +54,7 @@ impl Pipeline<'_> {
     }
 
     /// Whether dataset version `spec` is registered, finished and its folder still there.
-    async fn finished(&self, spec: &str) -> bool {
+    pub(super) async fn finished(&self, spec: &str) -> bool {
         match self.reg.dataset_version(spec).await {
             Ok(v) => v.status == DatasetStatus::Finished && Path::new(&v.uri).is_dir(),
             Err(_) => false,
@@ -89,7 +89,7 @@ impl Pipeline<'_> {
             Stage::TrainRaw | Stage::TrainFiltered => {
                 let dataset = match stage {
                     Stage::TrainRaw => self.need(&self.state.ingest, "ingest")?.train.spec.clone(),
-                    _ => self.need(&self.state.filter, "filter")?.dataset.clone(),
+                    _ => self.train_data().await?,
                 };
                 let mut done = self.train(stage, &dataset).await?;
                 done.elapsed_s = elapsed();

@@ -178,6 +178,9 @@ pub struct State {
     pub ingest: Option<IngestDone>,
     pub train_raw: Option<TrainDone>,
     pub filter: Option<FilterDone>,
+    /// The union version `train-filtered` trained on (`[train] data = "union"`).
+    #[serde(default)]
+    pub union: Option<DatasetDone>,
     pub train_filtered: Option<TrainDone>,
     pub eval: Option<EvalDone>,
     pub promote: Option<PromoteDone>,
@@ -213,7 +216,10 @@ impl State {
                 Stage::Corpus => self.corpus = None,
                 Stage::Ingest => self.ingest = None,
                 Stage::TrainRaw => self.train_raw = None,
-                Stage::Filter => self.filter = None,
+                Stage::Filter => {
+                    self.filter = None;
+                    self.union = None;
+                }
                 Stage::TrainFiltered => self.train_filtered = None,
                 Stage::Eval => self.eval = None,
                 Stage::Promote => self.promote = None,
