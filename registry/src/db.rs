@@ -195,12 +195,9 @@ async fn connect_sqlite(url: &str, path: &Path) -> Result<SqlitePool> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(30))
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options)
+    let pool = open_sqlite_pool(options)
         .await
         .with_context(|| format!("cannot open the registry at {url}"))?;
     let migrate = async {
@@ -213,6 +210,39 @@ async fn connect_sqlite(url: &str, path: &Path) -> Result<SqlitePool> {
         .await
         .with_context(|| format!("migrating the registry at {url}"))?;
     Ok(pool)
+}
+
+/// Opens the pool, retrying while the file is busy. A connection's first statement turns a fresh
+/// file to WAL, which needs the exclusive lock; SQLite answers `SQLITE_BUSY` at once, without the
+/// busy handler, when another process converting the same file at that moment holds a lock that
+/// this one would otherwise wait on forever. Such a refusal is retried for the busy timeout.
+async fn open_sqlite_pool(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    let deadline = std::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let opened = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(SQLITE_BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await;
+        match opened {
+            Err(e) if is_sqlite_busy(&e) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a SQLite statement waits for another process's lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether SQLite refused for a lock held elsewhere (`SQLITE_BUSY` or one of its extended codes).
+fn is_sqlite_busy(e: &sqlx::Error) -> bool {
+    let code = e.as_database_error().and_then(|d| d.code());
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
 }
 
 /// The migrations of each dialect, embedded at build time: (version, description, SQL). Keep in
