@@ -17,6 +17,9 @@ MLFLOW_VENV ?= $(CACHE)/venv-mlflow-$(MLFLOW_VERSION)
 # img2dataset (and the webdataset library and Pillow) for tests/img2dataset.rs, cached like torch.
 IMG2DATASET_VERSION := 1.47.0
 IMG2DATASET_VENV ?= $(CACHE)/venv-img2dataset-$(IMG2DATASET_VERSION)
+# The S3-compatible server of the object-storage tests (moto[server] from PyPI), cached like torch.
+MOTO_VERSION := 5.2.6
+S3_VENV ?= $(CACHE)/venv-moto-$(MOTO_VERSION)
 PYTHON ?= python3
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 ALBEF_BIN := $(or $(CARGO_TARGET_DIR),target)/release/albef
@@ -36,8 +39,9 @@ TEST_ENV = LD_LIBRARY_PATH="$(TORCH_LIB)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
 export ALBEF_TEST_POSTGRES_URL ?= $(POSTGRES_URL)
 export ALBEF_TEST_MLFLOW_PYTHON ?= $(MLFLOW_VENV)/bin/python
 export ALBEF_TEST_IMG2DATASET_PYTHON ?= $(IMG2DATASET_VENV)/bin/python
+export ALBEF_TEST_S3_SERVER ?= $(S3_VENV)/bin/moto_server
 
-.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres mlflow-venv img2dataset-venv clean
+.PHONY: build demo test fmt lint setup nccl-plugin sysdeps test-sysdeps install-missing install-file-missing postgres mlflow-venv img2dataset-venv s3-venv clean
 setup: sysdeps $(TORCH_DEP) assets/.ready
 
 # Debian packages the build needs: cmake and nasm build libjpeg-turbo's SIMD JPEG codec.
@@ -87,25 +91,33 @@ assets/.ready:
 	@ln -sfn "$(ASSETS_DIR)" assets
 	@touch "$(ASSETS_DIR)/.ready"
 
+# $(call python-venv,FOLDER,PACKAGES): a fresh virtualenv in FOLDER with PACKAGES from PyPI, its
+# marker file FOLDER/.ready written only once the install is whole.
+define python-venv
+@rm -rf "$(1)" && mkdir -p "$(dir $(1))" && $(PYTHON) -m venv "$(1)" && \
+	"$(1)/bin/pip" install -q $(2) && touch "$(1)/.ready"
+endef
+
 # tests/mlflow_client.rs runs MLflow's own client from this virtualenv (ALBEF_TEST_MLFLOW_PYTHON);
 # the folder is named by the version, so its marker file is all a warm run checks.
 mlflow-venv: $(MLFLOW_VENV)/.ready
 $(MLFLOW_VENV)/.ready:
 	@echo "creating $(MLFLOW_VENV) with mlflow-skinny==$(MLFLOW_VERSION)"
-	@rm -rf "$(MLFLOW_VENV)" && mkdir -p "$(dir $(MLFLOW_VENV))" && \
-		$(PYTHON) -m venv "$(MLFLOW_VENV)" && \
-		"$(MLFLOW_VENV)/bin/pip" install -q "mlflow-skinny==$(MLFLOW_VERSION)" && \
-		touch "$@"
+	$(call python-venv,$(MLFLOW_VENV),"mlflow-skinny==$(MLFLOW_VERSION)")
 
 # tests/img2dataset.rs downloads with img2dataset's own code from this virtualenv
 # (ALBEF_TEST_IMG2DATASET_PYTHON) and reads exports back with its webdataset library and Pillow.
 img2dataset-venv: $(IMG2DATASET_VENV)/.ready
 $(IMG2DATASET_VENV)/.ready:
 	@echo "creating $(IMG2DATASET_VENV) with img2dataset==$(IMG2DATASET_VERSION) (about a minute)"
-	@rm -rf "$(IMG2DATASET_VENV)" && mkdir -p "$(dir $(IMG2DATASET_VENV))" && \
-		$(PYTHON) -m venv "$(IMG2DATASET_VENV)" && \
-		"$(IMG2DATASET_VENV)/bin/pip" install -q "img2dataset==$(IMG2DATASET_VERSION)" pillow && \
-		touch "$@"
+	$(call python-venv,$(IMG2DATASET_VENV),"img2dataset==$(IMG2DATASET_VERSION)" pillow)
+
+# The object-storage tests (tests/s3_support/mod.rs) start moto_server from this virtualenv
+# (ALBEF_TEST_S3_SERVER) on 127.0.0.1.
+s3-venv: $(S3_VENV)/.ready
+$(S3_VENV)/.ready:
+	@echo "creating $(S3_VENV) with moto[server]==$(MOTO_VERSION) (about two minutes)"
+	$(call python-venv,$(S3_VENV),"moto[server]==$(MOTO_VERSION)")
 
 build: setup
 	cargo build --release --bin albef
@@ -141,7 +153,7 @@ postgres:
 
 # The tests run the binary cargo builds for them (CARGO_BIN_EXE_albef, with the test build's
 # features), so no separate `cargo build --bin albef` compiles the dependencies a second time.
-test: setup test-sysdeps postgres nccl-plugin mlflow-venv img2dataset-venv
+test: setup test-sysdeps postgres nccl-plugin mlflow-venv img2dataset-venv s3-venv
 	$(TEST_ENV) cargo test --release --workspace
 
 fmt:

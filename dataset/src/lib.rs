@@ -3,7 +3,8 @@
 //! last; `docs/architecture.md` (The shard format) describes the columns and statuses. This
 //! crate is the one owner of that format: the schema and row [`Status`], the shard writer and
 //! reader, the stats shape, atomic file publication and hashing, and ALBEF's caption cleaning
-//! (the `text` column), and reading img2dataset's output folders as shards (`img2dataset`).
+//! (the `text` column), reading img2dataset's output folders as shards (`img2dataset`), and
+//! object storage (`store`: `s3://`, `gs://`, `az://` locations).
 //! Ingest, filter, train and the synthetic corpus all go through it.
 pub mod caption;
 pub mod export;
@@ -14,6 +15,7 @@ pub mod read;
 pub mod schema;
 pub mod seed;
 pub mod stats;
+pub mod store;
 pub mod write;
 
 pub use files::{hash_file, write_atomic, write_atomic_with};
