@@ -13,8 +13,7 @@ use albef_train::model::weights;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
-use train_support::{albef, history, ingested_corpus, json_line, last_json, Logged};
+use train_support::{albef, history, ingested_corpus, interrupted_at, json_line};
 
 const STEPS: i64 = 40;
 const BATCH: &str = "8";
@@ -92,16 +91,7 @@ fn ingest_train_interrupt_resume_evaluate() {
     );
 
     // Interrupted by SIGINT once a few steps are done: a checkpoint, status KILLED.
-    let mut child = Logged::spawn(train_args(&mut albef(&home)));
-    child.wait_for_step(4);
-    child.signal("INT");
-    let (status, stdout, log) = child.finish(Duration::from_secs(300));
-    assert!(
-        status.success(),
-        "the interrupted run exits cleanly:\n{log}"
-    );
-    let stopped = last_json(&stdout);
-    assert_eq!(stopped["status"], "KILLED");
+    let stopped = interrupted_at(train_args(&mut albef(&home)), 4);
     let stop_step = stopped["step"].as_i64().unwrap();
     assert!(
         (4..STEPS).contains(&stop_step),

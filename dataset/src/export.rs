@@ -19,6 +19,9 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+/// The record of what was exported, beside the files.
+pub const LINEAGE_FILE: &str = "lineage.json";
+
 /// What an export writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -71,7 +74,7 @@ pub fn export(
     let (samples, names) = match written.and_then(|w| {
         let mut lineage = lineage.clone();
         lineage["export"] = json!({ "format": format, "samples": w.0 });
-        write_json(&staging.join("lineage.json"), &lineage)?;
+        write_json(&staging.join(LINEAGE_FILE), &lineage)?;
         Ok(w)
     }) {
         Ok(w) => w,

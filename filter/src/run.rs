@@ -7,9 +7,10 @@
 use crate::report::{self, Histogram, SheetPair};
 use crate::score::{PairScores, ScoreName, Scorer, SCORE_COLUMNS};
 use crate::select::{select, Cut, Selection};
-use albef_dataset::{self as dataset, ShardStats, ShardWriter, Stats, Status};
+use albef_dataset::{self as dataset, store, ShardStats, ShardWriter, Stats, Status};
 use albef_registry::datasets::Shard;
 use albef_registry::{Checkpoint, DatasetVersion, NewDatasetVersion, NewShard, Registry};
+use albef_train::checkpoint;
 use albef_train::data::{self, loader::Loader, loader_config};
 use anyhow::{bail, Context, Result};
 use arrow_array::{Array, ArrayRef, BinaryArray, Float32Array, RecordBatch, StringArray};
@@ -30,7 +31,10 @@ pub struct FilterJob {
     pub checkpoint: String,
     /// `NAME` (latest finished version) or `NAME@VERSION`.
     pub dataset: String,
-    pub output: PathBuf,
+    /// Where the filtered version goes: a folder, or an object-store prefix (`s3://...`).
+    pub output: String,
+    /// Where local copies of object-store data live (checkpoints, source shards, the output).
+    pub mirror: PathBuf,
     pub selection: Selection,
     pub score: ScoreName,
     pub batch_size: usize,
@@ -144,7 +148,10 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
     if job.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let ckpt = verified_checkpoint(registry, &job.checkpoint).await?;
+    let ckpt = registry
+        .resolve_checkpoint(&job.checkpoint)
+        .await
+        .with_context(|| format!("resolving checkpoint {:?}", job.checkpoint))?;
     let source = registry
         .dataset_version(&job.dataset)
         .await
@@ -157,10 +164,12 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
             source.version
         );
     }
-    let scorer = Scorer::load(Path::new(&ckpt.uri), job.device)?;
+    let model = checkpoint::local_copy(&ckpt.uri, &job.mirror)?;
+    verify_sha(&ckpt, &model)?;
+    let scorer = Scorer::load(&model, job.device)?;
     let scored = score_dataset(
         &scorer,
-        Path::new(&source.uri),
+        &store::local_folder(&source.uri, &job.mirror)?,
         job.batch_size,
         job.workers,
         &job.tokenizer,
@@ -175,13 +184,10 @@ pub async fn run(registry: &Registry, job: &FilterJob) -> Result<Summary> {
     Ok(summary)
 }
 
-/// The checkpoint `spec` names, refused when its file no longer has the registered sha256.
-async fn verified_checkpoint(registry: &Registry, spec: &str) -> Result<Checkpoint> {
-    let ckpt = registry
-        .resolve_checkpoint(spec)
-        .await
-        .with_context(|| format!("resolving checkpoint {spec:?}"))?;
-    let (sha, _) = dataset::hash_file(Path::new(&ckpt.uri))?;
+/// Refuses the checkpoint when its model file (`model`, a local copy of `ckpt.uri`) no longer
+/// has the registered sha256.
+fn verify_sha(ckpt: &Checkpoint, model: &Path) -> Result<()> {
+    let (sha, _) = dataset::hash_file(model)?;
     if sha != ckpt.sha256 {
         bail!(
             "checkpoint {} file {} has sha256 {sha}, the registry recorded {}",
@@ -190,7 +196,7 @@ async fn verified_checkpoint(registry: &Registry, spec: &str) -> Result<Checkpoi
             ckpt.sha256
         );
     }
-    Ok(ckpt)
+    Ok(())
 }
 
 /// What the scoring and the choice came to, before anything is written.
@@ -239,14 +245,15 @@ async fn write_version(
     cut: &Cut,
     summary: &mut Summary,
 ) -> Result<()> {
-    std::fs::create_dir_all(&job.output)
-        .with_context(|| format!("cannot create the output folder {}", job.output.display()))?;
-    let out = std::fs::canonicalize(&job.output)
-        .with_context(|| format!("cannot resolve {}", job.output.display()))?;
+    let folder = store::Folder::open(&job.output, &job.mirror)
+        .with_context(|| format!("the output {}", job.output))?;
+    let out = folder.local.clone();
+    let uris: Vec<String> = shards.iter().map(|s| s.uri.clone()).collect();
+    let sources = store::local_files(&uris, &job.mirror)?;
     let version = registry
         .create_dataset_version(NewDatasetVersion {
             dataset: source.dataset.clone(),
-            uri: out.display().to_string(),
+            uri: folder.uri(),
             parent: Some(source.id),
             stage: "filter".into(),
             params: lineage(job, source, summary),
@@ -255,9 +262,8 @@ async fn write_version(
     let sheet_keys = sheet_keys(&scored.column(job.score), job.sheet_size);
     let mut sheet: HashMap<String, SheetPair> = HashMap::new();
     let mut rows = 0u64;
-    for s in shards {
+    for (s, src) in shards.iter().zip(&sources) {
         let index = s.index as u64;
-        let src = Path::new(&s.uri);
         let written = rewrite_shard(
             src,
             &out,
@@ -271,9 +277,10 @@ async fn write_version(
         for (status, n) in &written.stats.by_status {
             *summary.by_status.entry(status.clone()).or_default() += n;
         }
+        folder.push_shard(index)?;
         let shard = NewShard {
             index: s.index,
-            uri: dataset::parquet_path(&out, index).display().to_string(),
+            uri: folder.shard_uri(index),
             rows: written.stats.rows as i64,
             stats: serde_json::to_value(&written)?,
         };
@@ -295,13 +302,21 @@ async fn write_version(
     )?;
     summary.version = Some(version.version);
     summary.version_id = Some(version.id);
-    summary.output = Some(out.display().to_string());
-    summary.contact_sheet = Some(out.join("contact_sheet.html").display().to_string());
+    summary.output = Some(folder.uri());
+    summary.contact_sheet = Some(folder.uri_of("contact_sheet.html"));
     let stats = serde_json::to_value(&*summary)?;
     dataset::write_atomic(
         &out.join("filter.json"),
         &serde_json::to_vec_pretty(&stats)?,
     )?;
+    for report in [
+        "contact_sheet.html",
+        "contact_sheet.png",
+        "scores.svg",
+        "filter.json",
+    ] {
+        folder.push(report)?;
+    }
     registry.finish_dataset_version(version.id, stats).await
 }
 

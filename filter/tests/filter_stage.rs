@@ -176,7 +176,8 @@ fn job(w: &World, output: &str, selection: Selection) -> FilterJob {
     FilterJob {
         checkpoint: w.checkpoint_id.to_string(),
         dataset: "synth@1".into(),
-        output: w.root.join(output),
+        output: w.root.join(output).display().to_string(),
+        mirror: w.root.join("mirror"),
         selection,
         score: ScoreName::Score,
         batch_size: 16,

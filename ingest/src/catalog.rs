@@ -6,6 +6,7 @@ use crate::crossdup;
 use crate::dedup::INDEX_FILE;
 use crate::pipeline::{self, IngestConfig, Lineage, Summary};
 use albef_dataset as dataset;
+use albef_dataset::store::{self, Folder};
 use albef_dataset::ShardStats;
 use albef_registry::{DatasetStatus, DatasetVersion, NewDatasetVersion, NewShard, Registry};
 use anyhow::{Context, Result};
@@ -54,8 +55,10 @@ async fn open_version(
     let marker_path = cfg.output.join(MARKER_FILE);
     // Workers other than the first wait for the first to create the version.
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    cfg.pull()?;
     while cfg.worker_index > 0 && !marker_path.exists() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        cfg.pull()?;
     }
     if marker_path.exists() {
         let text = std::fs::read_to_string(&marker_path)
@@ -102,6 +105,7 @@ async fn open_version(
         version: version.version,
     };
     dataset::write_atomic(&marker_path, &serde_json::to_vec_pretty(&marker)?)?;
+    cfg.push(MARKER_FILE)?;
     Ok(version)
 }
 
@@ -118,6 +122,7 @@ async fn register(
     version: &DatasetVersion,
     expected: u64,
 ) -> Result<bool> {
+    cfg.pull()?;
     let complete = dataset::complete_shards(&cfg.output)?;
     let finished = complete.len() as u64 == expected && version.status == DatasetStatus::Building;
     if finished && cfg.dedupe {
@@ -130,6 +135,11 @@ async fn register(
                     cfg.phash_distance,
                     &complete,
                 )?;
+                for &shard in &pass.rewritten {
+                    if let Some(remote) = &cfg.remote {
+                        remote.push_shard(shard)?;
+                    }
+                }
                 if pass.marked > 0 {
                     tracing::info!(
                         rows = pass.marked,
@@ -141,7 +151,8 @@ async fn register(
             } else {
                 pipeline::load_index(&cfg, &lineage, &complete)?
             };
-            index.save(&cfg.output.join(INDEX_FILE), &lineage.key_prefix)
+            index.save(&cfg.output.join(INDEX_FILE), &lineage.key_prefix)?;
+            cfg.push(INDEX_FILE)
         })
         .await
         .context("the dedupe index thread panicked")?
@@ -159,7 +170,7 @@ async fn register(
             version.id,
             NewShard {
                 index: s as i64,
-                uri: dataset::parquet_path(&cfg.output, s).display().to_string(),
+                uri: cfg.shard_uri(s),
                 rows: stats.stats.rows as i64,
                 stats: serde_json::to_value(&stats)?,
             },
@@ -182,12 +193,11 @@ pub async fn join_version(
     cfg: &IngestConfig,
     params: serde_json::Value,
 ) -> Result<DatasetVersion> {
-    let output = absolute(&cfg.output)?;
-    let uri = output.display().to_string();
     let cfg = IngestConfig {
-        output,
+        output: absolute(&cfg.output)?,
         ..cfg.clone()
     };
+    let uri = cfg.output_uri();
     open_version(reg, dataset, &cfg, &uri, params).await
 }
 
@@ -214,7 +224,7 @@ pub async fn ingest(
 ) -> Result<Outcome> {
     validate(&cfg).await?;
     cfg.output = absolute(&cfg.output)?;
-    let uri = cfg.output.display().to_string();
+    let uri = cfg.output_uri();
     let version = open_version(reg, dataset, &cfg, &uri, params).await?;
     let shared = cfg.claims.is_some() || cfg.num_workers > 1;
     match ingest_version(reg, dataset, cfg.clone(), &version, stop).await {
@@ -248,12 +258,19 @@ async fn ingest_version(
     version: &DatasetVersion,
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
-    let uri = cfg.output.display().to_string();
+    let uri = cfg.output_uri();
     if let Some(claims) = &mut cfg.claims {
         claims.scope = format!("ingest-shards:{}", version.id);
     }
     let parent_index = match version.parent_id {
-        Some(id) => Some(PathBuf::from(reg.dataset_version_by_id(id).await?.uri).join(INDEX_FILE)),
+        Some(id) => {
+            let parent = reg.dataset_version_by_id(id).await?.uri;
+            if store::is_remote(&parent) {
+                Folder::open(&parent, &cfg.mirror)?.pull_one(INDEX_FILE)?
+            } else {
+                Some(PathBuf::from(parent).join(INDEX_FILE))
+            }
+        }
         None => None,
     };
     let lineage = Lineage {
@@ -301,6 +318,7 @@ async fn pass_until_complete(
 ) -> Result<()> {
     let expected = summary.input_rows.div_ceil(cfg.shard_size);
     while !summary.interrupted && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        cfg.pull()?;
         let complete: std::collections::HashSet<u64> =
             dataset::complete_shards(&cfg.output)?.into_iter().collect();
         let leases: std::collections::HashMap<String, albef_registry::UnitLease> = claims

@@ -40,7 +40,7 @@ pub mod tracking;
 // The types most callers need, so that `use albef_registry::{Registry, RunStatus}` reads as before.
 pub use datasets::{DatasetStatus, DatasetVersion, NewDatasetVersion, NewShard};
 pub use jobs::{process_owner, UnitLease};
-pub use models::{Checkpoint, PromotionEvent, PromotionRequest};
+pub use models::{Checkpoint, CheckpointFile, PromotionEvent, PromotionRequest};
 pub use tracking::{
     Experiment, LoggedPoint, MetricPoint, MetricSummary, MetricWriter, MetricWriterOptions, Run,
     RunOrigin, RunSearch, RunStatus,

@@ -4,8 +4,9 @@
 use super::Context;
 use crate::dataset_sql;
 use crate::output::{print_json, time_cell, Format, Table};
-use albef_dataset::export::{export, ExportFormat, Exported};
+use albef_dataset::export::{self, export, ExportFormat, Exported};
 use albef_dataset::img2dataset::{inspect, Layout};
+use albef_dataset::store;
 use albef_registry::{DatasetStatus, DatasetVersion, NewDatasetVersion, NewShard, Registry};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -64,9 +65,10 @@ enum DatasetsCommand {
         /// What to write
         #[arg(long, value_enum)]
         format: ExportArg,
-        /// A new (or empty) folder to write into
-        #[arg(long)]
-        out: PathBuf,
+        /// A new (or empty) folder to write into, or an object-store prefix (s3://bucket/prefix,
+        /// webdataset only: its tar shards are uploaded whole, lineage.json last)
+        #[arg(long, value_name = "LOCATION")]
+        out: String,
         /// How the result is printed
         #[arg(long, value_enum, default_value_t = Format::Table)]
         summary: Format,
@@ -197,11 +199,11 @@ impl DatasetsArgs {
                     ExportArg::AlbefJson => ExportFormat::AlbefJson,
                     ExportArg::Webdataset => ExportFormat::Webdataset,
                 };
-                let exported = export_version(&reg, &spec, format, out).await?;
+                let exported = export_version(&reg, &spec, format, out, &ctx.home).await?;
                 print_export(&exported, summary)
             }
             DatasetsCommand::Query { spec, sql, format } => {
-                let shards = shard_paths(&reg, &spec).await?;
+                let shards = shard_paths(&reg, &spec, &ctx.home).await?;
                 let t = tokio::task::spawn_blocking(move || {
                     dataset_sql::table(&dataset_sql::query(&shards, &sql)?)
                 })
@@ -209,7 +211,7 @@ impl DatasetsArgs {
                 t.print(format)
             }
             DatasetsCommand::Stats { spec, format } => {
-                let shards = shard_paths(&reg, &spec).await?;
+                let shards = shard_paths(&reg, &spec, &ctx.home).await?;
                 let sections = tokio::task::spawn_blocking(move || stats(&shards)).await??;
                 print_stats(&sections, format)
             }
@@ -217,8 +219,9 @@ impl DatasetsArgs {
     }
 }
 
-/// The Parquet files of the version `spec` names, as registered.
-pub(super) async fn shard_paths(reg: &Registry, spec: &str) -> Result<Vec<PathBuf>> {
+/// The Parquet files of the version `spec` names, as registered; those in an object store are
+/// read from their mirror under `home`.
+pub(super) async fn shard_paths(reg: &Registry, spec: &str, home: &Path) -> Result<Vec<PathBuf>> {
     let version = reg.dataset_version(spec).await?;
     let shards = reg.shards(version.id).await?;
     if shards.is_empty() {
@@ -228,7 +231,8 @@ pub(super) async fn shard_paths(reg: &Registry, spec: &str) -> Result<Vec<PathBu
             version.version
         );
     }
-    Ok(shards.iter().map(|s| PathBuf::from(&s.uri)).collect())
+    let uris: Vec<String> = shards.into_iter().map(|s| s.uri).collect();
+    store::local_files(&uris, &super::mirror_root(home))
 }
 
 /// The answers of `datasets stats`, section by section.
@@ -348,8 +352,12 @@ async fn export_version(
     reg: &Registry,
     spec: &str,
     format: ExportFormat,
-    out: PathBuf,
+    out: String,
+    home: &Path,
 ) -> Result<Exported> {
+    if store::is_remote(&out) && format != ExportFormat::Webdataset {
+        bail!("--out {out}: albef-json names its pictures by local path, so it is written to a folder; export --format webdataset to an object store");
+    }
     let version = reg.dataset_version(spec).await?;
     if version.status != DatasetStatus::Finished {
         bail!(
@@ -360,14 +368,32 @@ async fn export_version(
         );
     }
     let shards = reg.shards(version.id).await?;
-    let paths: Vec<PathBuf> = shards.iter().map(|s| PathBuf::from(&s.uri)).collect();
+    let uris: Vec<String> = shards.iter().map(|s| s.uri.clone()).collect();
+    let paths = store::local_files(&uris, &super::mirror_root(home))?;
     let record = json!({
         "version": version,
         "lineage": lineage(reg, &version).await?,
         "shards": shards.iter().map(|s| &s.uri).collect::<Vec<_>>(),
         "exported_at": time_cell(Some(albef_registry::now_ms())),
     });
-    tokio::task::spawn_blocking(move || export(&paths, format, &out, &record)).await?
+    let folder = store::Folder::open(&out, &super::mirror_root(home))?;
+    tokio::task::spawn_blocking(move || {
+        let mut exported = export(&paths, format, &folder.local, &record)?;
+        if folder.is_remote() {
+            for file in &mut exported.files {
+                let name = file
+                    .strip_prefix(&folder.local)?
+                    .to_string_lossy()
+                    .into_owned();
+                folder.push(&name)?;
+                *file = PathBuf::from(folder.uri_of(&name));
+            }
+            folder.push(export::LINEAGE_FILE)?;
+            exported.out = PathBuf::from(folder.uri());
+        }
+        Ok(exported)
+    })
+    .await?
 }
 
 fn print_export(e: &Exported, format: Format) -> Result<()> {

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct FilterArgs {
@@ -20,9 +20,10 @@ pub struct FilterArgs {
     /// Dataset version to filter: NAME (latest finished version) or NAME@VERSION
     #[arg(long)]
     pub(super) dataset: String,
-    /// Folder of the filtered version's shards and report (not needed with --dry-run)
-    #[arg(long, required_unless_present = "dry_run")]
-    pub(super) output: Option<PathBuf>,
+    /// Folder of the filtered version's shards and report, or an object-store prefix
+    /// (s3://bucket/prefix, ...) they are uploaded to (not needed with --dry-run)
+    #[arg(long, value_name = "LOCATION", required_unless_present = "dry_run")]
+    pub(super) output: Option<String>,
     #[command(flatten)]
     pub(super) opts: FilterOptions,
     /// Score and report what would be kept; write and register nothing
@@ -73,7 +74,7 @@ impl Default for FilterOptions {
 
 impl FilterArgs {
     /// The filter job these flags describe (`albef filter` and the pipeline's filter stage).
-    pub(super) fn job(self) -> Result<FilterJob> {
+    pub(super) fn job(self, home: &Path) -> Result<FilterJob> {
         let o = self.opts;
         let selection = match (o.keep_fraction, o.threshold) {
             (Some(_), Some(_)) => {
@@ -87,6 +88,7 @@ impl FilterArgs {
             checkpoint: self.checkpoint,
             dataset: self.dataset,
             output: self.output.unwrap_or_default(),
+            mirror: super::mirror_root(home),
             selection,
             score: o.score,
             batch_size: o.batch_size,
@@ -102,7 +104,7 @@ impl FilterArgs {
 
 pub async fn run(args: FilterArgs, ctx: super::Context) -> Result<()> {
     let format = args.format;
-    let job = args.job()?;
+    let job = args.job(&ctx.home)?;
     let reg = Registry::connect(&ctx.registry_url)
         .await
         .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;

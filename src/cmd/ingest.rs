@@ -2,6 +2,7 @@
 //! flags into `albef_ingest::IngestConfig`, handles Ctrl-C, prints the summary; the work is in
 //! the `albef-ingest` crate.
 use crate::output::{print_json, Format, Table};
+use albef_dataset::store::{self, Folder};
 use albef_ingest::catalog::Outcome;
 use albef_ingest::fetch::FetchConfig;
 use albef_ingest::resizer::{ImageConfig, ResizeMode};
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +34,11 @@ pub struct IngestArgs {
     /// URL list: a file, a folder or a glob of .tsv/.csv/.json/.jsonl/.parquet (optionally .gz)
     #[arg(long)]
     input: String,
-    /// Folder of the dataset version (Parquet shards, stats, dedupe index)
-    #[arg(long)]
-    output: PathBuf,
+    /// Folder of the dataset version (Parquet shards, stats, dedupe index), or an object-store
+    /// prefix (s3://bucket/prefix, gs://..., az://...): each shard is uploaded as it is
+    /// committed, and workers on other machines share it with no shared folder
+    #[arg(long, value_name = "LOCATION")]
+    output: String,
     /// Dataset name in the registry; the run makes its next version
     #[arg(long)]
     pub(super) dataset: String,
@@ -193,7 +196,7 @@ impl IngestArgs {
     /// the dataset to finish.
     pub(super) fn one_worker(
         input: String,
-        output: PathBuf,
+        output: String,
         dataset: String,
         opts: IngestOptions,
         lock_wait: u64,
@@ -212,10 +215,19 @@ impl IngestArgs {
         }
     }
 
-    pub(super) fn config(&self) -> Result<IngestConfig> {
+    /// The ingest this run describes; an object-store `--output` is mirrored under `home`.
+    pub(super) fn config(&self, home: &Path) -> Result<IngestConfig> {
         let o = &self.opts;
         o.check()?;
         let defaults = IngestConfig::default();
+        let mirror = super::mirror_root(home);
+        let (output, remote) = if store::is_remote(&self.output) {
+            let folder = Folder::open(&self.output, &mirror)
+                .with_context(|| format!("--output {}", self.output))?;
+            (folder.local.clone(), Some(folder))
+        } else {
+            (PathBuf::from(&self.output), None)
+        };
         Ok(IngestConfig {
             input: InputSpec {
                 input: self.input.clone(),
@@ -224,7 +236,9 @@ impl IngestArgs {
                 columns: o.columns.clone(),
                 keep_cols: o.keep_cols.clone(),
             },
-            output: self.output.clone(),
+            output,
+            remote,
+            mirror,
             shard_size: o.shard_size,
             worker_index: self.worker_index,
             num_workers: self.num_workers,
@@ -330,6 +344,7 @@ fn print_summary(o: &Outcome, format: Format) -> Result<()> {
 pub(super) async fn ingest_dataset(
     reg: &Registry,
     args: &IngestArgs,
+    home: &Path,
     stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
     anyhow::ensure!(
@@ -340,7 +355,7 @@ pub(super) async fn ingest_dataset(
         args.num_workers
     );
     let owner = format!("{}:ingest", albef_registry::process_owner());
-    let mut config = args.config()?;
+    let mut config = args.config(home)?;
     let mut wait = Duration::from_secs(args.lock_wait);
     if args.claim_shards {
         anyhow::ensure!(
@@ -384,7 +399,7 @@ pub async fn run(args: IngestArgs, ctx: super::Context) -> Result<()> {
         .with_context(|| format!("cannot open the registry at {}", ctx.registry_url))?;
     let stop =
         super::stop_on_ctrl_c("dropping the fetches in flight and committing the complete shards");
-    let outcome = ingest_dataset(&reg, &args, stop).await?;
+    let outcome = ingest_dataset(&reg, &args, &ctx.home, stop).await?;
     print_summary(&outcome, args.format)?;
     check_complete(&outcome)
 }

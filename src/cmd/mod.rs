@@ -13,7 +13,7 @@ mod serve;
 mod train;
 
 use clap::{Args, FromArgMatches, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -109,6 +109,12 @@ pub fn flag_defaults<T: Args + FromArgMatches>(command: &'static str) -> T {
 
 /// A number of seconds from the command line that a duration is made of: finite and above 0
 /// (`Duration::from_secs_f64` panics on negative, NaN and infinite values).
+/// Where local copies of object-store data live under the home: `HOME/mirror/SCHEME/BUCKET/...`
+/// (see `albef_dataset::store::mirror_path`).
+pub fn mirror_root(home: &Path) -> PathBuf {
+    home.join("mirror")
+}
+
 pub fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if is_positive_seconds(v) => Ok(v),

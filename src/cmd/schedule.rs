@@ -132,7 +132,7 @@ fn decode_job(ctx: &super::Context, reg: &Registry, config: &Value) -> Result<Jo
     let args = parse_ingest_flags(&job_flags(config)?)?;
     Ok(Job::Ingest(Box::new(IngestJob {
         dataset: args.dataset.clone(),
-        config: args.config()?,
+        config: args.config(&ctx.home)?,
         params: args.params(),
     })))
 }

@@ -17,6 +17,8 @@ use clap::Args;
 use serde_json::json;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args)]
@@ -63,7 +65,7 @@ impl ServeArgs {
             reg.backend()
         );
         std::io::stdout().flush().context("writing to stdout")?;
-        let extra = dataset_routes(reg.clone());
+        let extra = dataset_routes(reg.clone(), ctx.home.clone());
         albef_registry::http::serve(reg, listener, self.token, extra).await
     }
 }
@@ -73,17 +75,17 @@ impl ServeArgs {
 /// `GET /api/datasets/{name}/versions/{version}/hosts`: the version's rows by host
 /// (`dataset_sql::hosts_sql`), which the dashboard's dataset page shows. It lives here, not in
 /// the registry's API, because it reads the shards with polars.
-fn dataset_routes(reg: Registry) -> Router {
+fn dataset_routes(reg: Registry, home: PathBuf) -> Router {
     Router::new()
         .route("/api/datasets/{name}/versions/{version}/hosts", get(hosts))
-        .with_state(reg)
+        .with_state((reg, Arc::new(home)))
 }
 
 async fn hosts(
-    State(reg): State<Registry>,
+    State((reg, home)): State<(Registry, Arc<PathBuf>)>,
     UrlPath((name, version)): UrlPath<(String, i64)>,
 ) -> Response {
-    let shards = match shard_paths(&reg, &format!("{name}@{version}")).await {
+    let shards = match shard_paths(&reg, &format!("{name}@{version}"), &home).await {
         Ok(shards) => shards,
         Err(e) => return api_error(StatusCode::NOT_FOUND, e),
     };

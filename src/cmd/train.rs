@@ -5,9 +5,10 @@
 //! data-parallel run: rank 0 opens the registry run, the others train in step with it.
 use crate::cmd::Context;
 use crate::output::{print_json, Format, Table};
+use albef_dataset::store::{self, Remote};
 use albef_dist::{Backend, World};
 use albef_registry::{Registry, RunStatus};
-use albef_train::checkpoint::Loaded;
+use albef_train::checkpoint::{local_copy, Loaded};
 use albef_train::config::{parse_device, Config};
 use albef_train::eval::{evaluate_checkpoint, Recall};
 use albef_train::trainer::tracking::{flatten_params, latest_checkpoint};
@@ -77,6 +78,11 @@ pub(super) struct TrainOptions {
     /// Write and register a checkpoint every N steps (0: only at the end) [default: train.checkpoint_every]
     #[arg(long)]
     pub(super) checkpoint_every: Option<i64>,
+    /// Where the run's checkpoint folders go: a folder, or an object-store prefix
+    /// (s3://bucket/prefix, gs://..., az://...) that each one is uploaded to, its manifest last;
+    /// the registry then records the objects [default: $ALBEF_HOME/checkpoints]
+    #[arg(long, value_name = "LOCATION", env = "ALBEF_CHECKPOINT_DIR")]
+    pub(super) checkpoint_dir: Option<String>,
     /// Device: cpu, cuda or cuda:N [default: the config's train.device]
     #[arg(long)]
     pub(super) device: Option<String>,
@@ -246,7 +252,7 @@ impl TrainArgs {
             "k_test = {} must be at least 0",
             self.opts.k_test
         );
-        let mut plan = self.plan(registry).await?;
+        let mut plan = self.plan(registry, home).await?;
         if let Some(device) = &self.opts.device {
             plan.config.train.device = device.clone();
         }
@@ -274,13 +280,16 @@ impl TrainArgs {
                 .broadcast_i64(0)
                 .context("waiting for rank 0's registry run")?;
             on_run(run)?;
-            let job = self.job(plan, device, None, home, run, Some(dist));
+            let job = self.job(plan, device, None, home, run, Some(dist))?;
             return tokio::task::spawn_blocking(move || trainer::train_rank(job, run, &stop))
                 .await
                 .context("the training thread panicked")?;
         }
         let eval_dir = match &self.eval_dataset {
-            Some(spec) => Some(PathBuf::from(registry.dataset_version(spec).await?.uri)),
+            Some(spec) => {
+                let uri = registry.dataset_version(spec).await?.uri;
+                Some(store::local_folder(&uri, &super::mirror_root(home))?)
+            }
             None => None,
         };
         let config_json = serde_json::to_value(&plan.config)?;
@@ -308,7 +317,7 @@ impl TrainArgs {
                 .context("telling the other ranks the registry run")?;
         }
 
-        let job = self.job(plan, device, eval_dir, home, run, dist);
+        let job = self.job(plan, device, eval_dir, home, run, dist)?;
         let tracking = Tracking {
             registry: registry.clone(),
             handle: tokio::runtime::Handle::current(),
@@ -342,8 +351,10 @@ impl TrainArgs {
         home: &Path,
         run: i64,
         dist: Option<Arc<Dist>>,
-    ) -> TrainJob {
-        TrainJob {
+    ) -> Result<TrainJob> {
+        let (checkpoint_dir, checkpoint_store) =
+            checkpoint_location(self.opts.checkpoint_dir.as_deref(), home, run)?;
+        Ok(TrainJob {
             checkpoint_every: self
                 .opts
                 .checkpoint_every
@@ -360,19 +371,20 @@ impl TrainArgs {
             k_test: self.opts.k_test,
             workers: self.opts.workers,
             tokenizer: self.opts.tokenizer.clone(),
-            checkpoint_dir: home.join("checkpoints").join(format!("run-{run}")),
+            checkpoint_dir,
+            checkpoint_store,
             resume: plan.resume,
             init: plan.init,
             progress: std::io::stderr().is_terminal() && dist.as_ref().is_none_or(|d| d.is_main()),
             dist,
             dist_overlap: !self.dist.dist_sync,
             rank_weights: self.dist.rank_weights.clone(),
-        }
+        })
     }
 
     /// A fresh run from --config and --dataset, the continuation of --resume RUN, or what
     /// --resume-latest NAME finds.
-    async fn plan(&self, registry: &Registry) -> Result<Plan> {
+    async fn plan(&self, registry: &Registry, home: &Path) -> Result<Plan> {
         // Milliseconds since the epoch keep default names unique.
         let stamp = albef_registry::now_ms();
         if let Some(resumed) = self.resume {
@@ -389,7 +401,7 @@ impl TrainArgs {
             let ckpt = latest_checkpoint(registry, resumed).await?;
             let old = registry.run(resumed).await?;
             let name = format!("{}-from-{}-{stamp}", old.name, ckpt.step);
-            return self.resumed_plan(registry, old, ckpt, name).await;
+            return self.resumed_plan(registry, home, old, ckpt, name).await;
         }
         let (Some(path), Some(spec)) = (&self.config, &self.dataset) else {
             bail!("--config and --dataset are required unless --resume is given");
@@ -409,7 +421,7 @@ impl TrainArgs {
                 key.clone()
             };
             if let Some((old, ckpt)) = newest {
-                let mut plan = self.resumed_plan(registry, old, ckpt, name).await?;
+                let mut plan = self.resumed_plan(registry, home, old, ckpt, name).await?;
                 plan.tags.push(("resume_latest".into(), key.clone()));
                 return Ok(plan);
             }
@@ -423,14 +435,14 @@ impl TrainArgs {
                     .await
                     .with_context(|| format!("--init {spec}"))?;
                 tags.push(("init_checkpoint".into(), ckpt.id.to_string()));
-                Some(PathBuf::from(ckpt.uri))
+                Some(local_copy(&ckpt.uri, &super::mirror_root(home))?)
             }
             None => None,
         };
         Ok(Plan {
             config: Config::load(path)?,
             dataset_version: version.id,
-            data_dir: PathBuf::from(version.uri),
+            data_dir: store::local_folder(&version.uri, &super::mirror_root(home))?,
             experiment,
             name: self.name.clone().unwrap_or(name),
             resume: None,
@@ -444,11 +456,13 @@ impl TrainArgs {
     async fn resumed_plan(
         &self,
         registry: &Registry,
+        home: &Path,
         old: albef_registry::Run,
         ckpt: albef_registry::Checkpoint,
         name: String,
     ) -> Result<Plan> {
-        let loaded = Loaded::open(Path::new(&ckpt.uri))
+        let loaded = local_copy(&ckpt.uri, &super::mirror_root(home))
+            .and_then(|path| Loaded::open(&path))
             .with_context(|| format!("opening checkpoint {} of run {}", ckpt.id, old.id))?;
         let version = registry
             .dataset_version_by_id(loaded.state.dataset_version)
@@ -456,7 +470,7 @@ impl TrainArgs {
         Ok(Plan {
             config: loaded.state.config.clone(),
             dataset_version: version.id,
-            data_dir: PathBuf::from(version.uri),
+            data_dir: store::local_folder(&version.uri, &super::mirror_root(home))?,
             experiment: self.experiment.clone().unwrap_or(old.experiment),
             name: self.name.clone().unwrap_or(name),
             resume: Some(loaded),
@@ -556,16 +570,14 @@ impl EvalArgs {
     pub async fn run(self, ctx: Context) -> Result<()> {
         let registry = Registry::connect(&ctx.registry_url).await?;
         let ckpt = registry.resolve_checkpoint(&self.checkpoint).await?;
-        let recall = evaluate(
-            &registry,
-            &ckpt,
-            &self.dataset,
-            self.config.as_deref(),
-            self.device.as_deref(),
-            &self.tokenizer,
-            self.k_test,
-        )
-        .await?;
+        let on = EvalOn {
+            dataset: &self.dataset,
+            config: self.config.as_deref(),
+            device: self.device.as_deref(),
+            tokenizer: &self.tokenizer,
+            k_test: self.k_test,
+        };
+        let recall = evaluate(&registry, &ckpt, on, &ctx.home).await?;
         match self.format {
             Format::Json => print_json(&serde_json::to_value(recall)?),
             format => {
@@ -579,19 +591,56 @@ impl EvalArgs {
     }
 }
 
-/// Zero-shot retrieval of `ckpt` on dataset version `dataset` (`albef eval` and the pipeline's
-/// eval stage): with the model config `config`, else the one saved beside the checkpoint, on
-/// `device`, else the config's `train.device`.
+/// The local folder of run `run`'s checkpoints under `--checkpoint-dir` (`given`), and the
+/// object-store prefix they are uploaded to when that is a store's URI (the folder is then the
+/// prefix's mirror under the home).
+fn checkpoint_location(
+    given: Option<&str>,
+    home: &Path,
+    run: i64,
+) -> Result<(PathBuf, Option<Remote>)> {
+    let run_dir = format!("run-{run}");
+    Ok(match given {
+        None => (home.join("checkpoints").join(run_dir), None),
+        Some(uri) if store::is_remote(uri) => {
+            let remote = Remote::open(uri)
+                .with_context(|| format!("--checkpoint-dir {uri}"))?
+                .join(&run_dir);
+            let local = store::mirror_path(&super::mirror_root(home), remote.uri());
+            (local, Some(remote))
+        }
+        Some(path) => (PathBuf::from(path).join(run_dir), None),
+    })
+}
+
+/// What a zero-shot evaluation runs on: dataset version `dataset` (NAME or NAME@V), the model
+/// config `config` (else the one saved beside the checkpoint), `device` (else the config's
+/// `train.device`), and ITM re-ranking of `k_test` candidates.
+pub(super) struct EvalOn<'a> {
+    pub(super) dataset: &'a str,
+    pub(super) config: Option<&'a Path>,
+    pub(super) device: Option<&'a str>,
+    pub(super) tokenizer: &'a Path,
+    pub(super) k_test: i64,
+}
+
+/// Zero-shot retrieval of `ckpt` (`albef eval` and the pipeline's eval stage); a checkpoint in
+/// an object store is read through its mirror under `home`.
 pub(super) async fn evaluate(
     registry: &Registry,
     ckpt: &albef_registry::Checkpoint,
-    dataset: &str,
-    config: Option<&Path>,
-    device: Option<&str>,
-    tokenizer: &Path,
-    k_test: i64,
+    on: EvalOn<'_>,
+    home: &Path,
 ) -> Result<Recall> {
-    let weights = PathBuf::from(&ckpt.uri);
+    let EvalOn {
+        dataset,
+        config,
+        device,
+        tokenizer,
+        k_test,
+    } = on;
+    let weights = local_copy(&ckpt.uri, &super::mirror_root(home))
+        .with_context(|| format!("reading checkpoint {}", ckpt.id))?;
     let mut config = match config {
         Some(path) => Config::load(path)?,
         None => {
@@ -611,7 +660,7 @@ pub(super) async fn evaluate(
     }
     let device = parse_device(&config.train.device)?;
     let version = registry.dataset_version(dataset).await?;
-    let data_dir = PathBuf::from(&version.uri);
+    let data_dir = store::local_folder(&version.uri, &super::mirror_root(home))?;
     let tokenizer = tokenizer.to_path_buf();
     tokio::task::spawn_blocking(move || {
         evaluate_checkpoint(&config, &weights, &data_dir, &tokenizer, device, k_test)

@@ -61,6 +61,19 @@ pub fn history(
 /// The synthetic corpus generated under `tmp`, served over HTTP and ingested like web data as
 /// datasets `shapes` (500 pairs) and `shapes-heldout` (100), with the registry in `tmp/home`.
 pub fn ingested_corpus(tmp: &Path, rt: &tokio::runtime::Runtime) -> (PathBuf, Registry) {
+    let data = tmp.join("data");
+    let location = |dataset: &str| data.join(dataset).display().to_string();
+    ingest_corpus(tmp, rt, &location, &mut |cmd| cmd)
+}
+
+/// [`ingested_corpus`] with each dataset's `--output` given by `location` and each command
+/// prepared by `prepare` (its environment).
+pub fn ingest_corpus(
+    tmp: &Path,
+    rt: &tokio::runtime::Runtime,
+    location: &dyn Fn(&str) -> String,
+    prepare: &mut dyn FnMut(&mut Command) -> &mut Command,
+) -> (PathBuf, Registry) {
     let home = tmp.join("home");
     let corpus = tmp.join("corpus");
     let opts = GenerateOptions {
@@ -76,12 +89,10 @@ pub fn ingested_corpus(tmp: &Path, rt: &tokio::runtime::Runtime) -> (PathBuf, Re
         .unwrap();
     write_url_lists(&corpus, &server.base_url()).unwrap();
     for (list, dataset) in [("urls.tsv", "shapes"), ("heldout.tsv", "shapes-heldout")] {
-        let out = tmp.join("data").join(dataset);
-        let ingest = albef(&home)
+        let ingest = prepare(&mut albef(&home))
             .args(["ingest", "--input"])
             .arg(corpus.join(list))
-            .arg("--output")
-            .arg(&out)
+            .args(["--output", &location(dataset)])
             .args([
                 "--dataset",
                 dataset,
@@ -106,6 +117,22 @@ pub fn ingested_corpus(tmp: &Path, rt: &tokio::runtime::Runtime) -> (PathBuf, Re
         )))
         .unwrap();
     (home, reg)
+}
+
+/// Runs the training command `cmd` until it has done `step` steps, interrupts it with SIGINT,
+/// and returns what it printed last: a run that wrote a checkpoint and stopped as KILLED.
+pub fn interrupted_at(cmd: &mut Command, step: i64) -> Value {
+    let mut child = Logged::spawn(cmd);
+    child.wait_for_step(step);
+    child.signal("INT");
+    let (status, stdout, log) = child.finish(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "the interrupted run exits cleanly:\n{log}"
+    );
+    let stopped = last_json(&stdout);
+    assert_eq!(stopped["status"], "KILLED");
+    stopped
 }
 
 /// A command started with stdout and stderr read on threads (so that it never blocks on a full

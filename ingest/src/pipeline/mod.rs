@@ -21,6 +21,7 @@ pub(crate) use index::{content_dup_message, load_index};
 use crate::fetch::FetchConfig;
 use crate::resizer::ImageConfig;
 use crate::source::{self, InputSpec};
+use albef_dataset::store::Folder;
 use albef_dataset::{self as dataset, Status};
 use albef_dataset::{Stats, StepSeconds};
 use anyhow::{Context, Result};
@@ -35,7 +36,14 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
     pub input: InputSpec,
+    /// The version's folder on this machine (with `remote`, the local mirror of the store's).
     pub output: PathBuf,
+    /// The version's folder in an object store, when `--output` names one: every committed
+    /// shard is uploaded (Parquet, then stats), and what other workers uploaded is pulled
+    /// before the complete shards are counted.
+    pub remote: Option<Folder>,
+    /// Where local mirrors of object-store folders go (a parent version's dedupe index).
+    pub mirror: PathBuf,
     pub shard_size: u64,
     /// This worker takes the shards with `shard % num_workers == worker_index`.
     pub worker_index: u64,
@@ -56,11 +64,43 @@ pub struct IngestConfig {
     pub progress: bool,
 }
 
+impl IngestConfig {
+    /// The version's URI as the registry records it: the store's, or the local folder's.
+    pub fn output_uri(&self) -> String {
+        match &self.remote {
+            Some(folder) => folder.uri(),
+            None => self.output.display().to_string(),
+        }
+    }
+
+    /// The URI of shard `shard`'s Parquet file.
+    pub fn shard_uri(&self, shard: u64) -> String {
+        match &self.remote {
+            Some(folder) => folder.shard_uri(shard),
+            None => dataset::parquet_path(&self.output, shard)
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// Brings down what other workers uploaded (nothing to do for a local folder).
+    pub(crate) fn pull(&self) -> Result<()> {
+        self.remote.as_ref().map_or(Ok(()), Folder::pull)
+    }
+
+    /// Uploads the file `name` of the folder (nothing to do for a local folder).
+    pub(crate) fn push(&self, name: &str) -> Result<()> {
+        self.remote.as_ref().map_or(Ok(()), |f| f.push(name))
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             input: InputSpec::default(),
             output: PathBuf::new(),
+            remote: None,
+            mirror: PathBuf::new(),
             shard_size: 10_000,
             worker_index: 0,
             num_workers: 1,
@@ -162,6 +202,7 @@ pub async fn run(cfg: &IngestConfig, lineage: &Lineage, stop: Arc<AtomicBool>) -
         .with_context(|| format!("cannot create output folder {}", cfg.output.display()))?;
     let spec = cfg.input.clone();
     let total = tokio::task::spawn_blocking(move || source::count_rows(&spec)).await??;
+    cfg.pull()?;
     let done: HashSet<u64> = dataset::complete_shards(&cfg.output)?.into_iter().collect();
     let index = index::open_index(cfg, lineage, &done).await?;
     let mut assigner = Assigner::new(cfg, done, stop.clone());

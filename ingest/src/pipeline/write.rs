@@ -7,6 +7,7 @@
 use super::dispatch::Done;
 use super::process::RowMeta;
 use super::IngestConfig;
+use albef_dataset::store::Folder;
 use albef_dataset::Stats;
 use albef_dataset::{Row, ShardWriter, Status};
 use anyhow::Result;
@@ -36,6 +37,7 @@ pub(super) fn spawn(
     let (done_tx, done_rx) = mpsc::channel::<Done>(256);
     let writer = Writer {
         dir: cfg.output.clone(),
+        remote: cfg.remote.clone(),
         extra: cfg.input.keep_cols.clone(),
         shard_size: cfg.shard_size,
         total,
@@ -58,6 +60,8 @@ struct OpenShard {
 
 struct Writer {
     dir: PathBuf,
+    /// The store folder that committed shards are uploaded to.
+    remote: Option<Folder>,
     extra: Vec<String>,
     shard_size: u64,
     total: u64,
@@ -125,7 +129,8 @@ impl Writer {
         }
     }
 
-    /// Closes `shard`'s Parquet file and writes its stats file.
+    /// Closes `shard`'s Parquet file and writes its stats file (and uploads both, Parquet
+    /// first, when the version lives in an object store).
     fn commit(&mut self, shard: u64) -> Result<()> {
         let s = self.open.remove(&shard).expect("present");
         let t = Instant::now();
@@ -133,6 +138,9 @@ impl Writer {
         // The size is known only after closing; the stats file is written after that.
         let record = s.writer.record(stats.clone());
         s.writer.finish(record)?;
+        if let Some(remote) = &self.remote {
+            remote.push_shard(shard)?;
+        }
         stats.seconds.write += t.elapsed().as_secs_f64();
         self.all.add(&stats);
         self.written.push(shard);

@@ -3,6 +3,7 @@
 use crate::db::{Db, On, Row};
 use crate::tracking::run_status;
 use crate::{check_key, now_ms, Registry};
+use albef_dataset::store;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -75,8 +76,22 @@ pub(crate) async fn load(db: &Db, on: impl Into<On<'_>>, id: i64) -> Result<Chec
     }
 }
 
-/// Refuses a checkpoint whose file is gone or no longer has the recorded sha256.
+/// Refuses a checkpoint whose file is gone or no longer has the recorded sha256. A checkpoint in
+/// an object store is checked without copying its weights: the object must be there with the
+/// recorded size (its manifest's sha256 is checked by whoever downloads it).
 pub(crate) async fn verify_file(ckpt: &Checkpoint) -> Result<()> {
+    if store::is_remote(&ckpt.uri) {
+        let (prefix, name) = ckpt.uri.rsplit_once('/').unwrap_or_default();
+        let bytes = store::Remote::open(prefix)?.size(name).await?;
+        return match bytes {
+            Some(b) if b as i64 == ckpt.bytes => Ok(()),
+            Some(b) => bail!(
+                "checkpoint {}: object {} has {b} bytes, not the registered {}; it changed after registration",
+                ckpt.id, ckpt.uri, ckpt.bytes
+            ),
+            None => bail!("checkpoint {}: object {} is missing", ckpt.id, ckpt.uri),
+        };
+    }
     let path = Path::new(&ckpt.uri);
     if !path.exists() {
         bail!("checkpoint {}: file {} is missing", ckpt.id, ckpt.uri);
@@ -93,6 +108,14 @@ pub(crate) async fn verify_file(ckpt: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint's file as the registry records it: where it is, its sha256 (hex) and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointFile {
+    pub uri: String,
+    pub sha256: String,
+    pub bytes: i64,
+}
+
 impl Registry {
     /// Records a checkpoint file of `run`: sha256 and size come from the file, the uri is its
     /// absolute path, `metrics` is a snapshot (finite numbers only).
@@ -100,6 +123,30 @@ impl Registry {
         &self,
         run: i64,
         path: &Path,
+        step: i64,
+        metrics: &[(String, f64)],
+    ) -> Result<i64> {
+        let abs = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot find checkpoint file {}", path.display()))?;
+        if !abs.is_file() {
+            bail!("checkpoint path {} is not a file", abs.display());
+        }
+        let uri = abs
+            .to_str()
+            .with_context(|| format!("checkpoint path {} is not UTF-8", abs.display()))?
+            .to_string();
+        let (sha256, bytes) = hash_file(&abs).await?;
+        let file = CheckpointFile { uri, sha256, bytes };
+        self.register_checkpoint_file(run, &file, step, metrics)
+            .await
+    }
+
+    /// Records a checkpoint of `run` whose file lies at `file.uri` (an object-store URI, or a
+    /// path already hashed), with `metrics` as a snapshot (finite numbers only).
+    pub async fn register_checkpoint_file(
+        &self,
+        run: i64,
+        file: &CheckpointFile,
         step: i64,
         metrics: &[(String, f64)],
     ) -> Result<i64> {
@@ -111,16 +158,7 @@ impl Registry {
             }
             snapshot.insert(k.clone(), Value::from(*v));
         }
-        let abs = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot find checkpoint file {}", path.display()))?;
-        if !abs.is_file() {
-            bail!("checkpoint path {} is not a file", abs.display());
-        }
-        let uri = abs
-            .to_str()
-            .with_context(|| format!("checkpoint path {} is not UTF-8", abs.display()))?
-            .to_string();
-        let (sha256, bytes) = hash_file(&abs).await?;
+        let CheckpointFile { uri, sha256, bytes } = file.clone();
         let mut tx = self.db.begin().await?;
         run_status(&mut tx, run).await?;
         let id: i64 = tx
@@ -137,7 +175,7 @@ impl Registry {
             .bind(now_ms())
             .fetch_one(&mut tx)
             .await
-            .with_context(|| format!("registering checkpoint {} of run {run}", path.display()))?
+            .with_context(|| format!("registering checkpoint {} of run {run}", file.uri))?
             .get("id")?;
         tx.commit().await?;
         Ok(id)

@@ -7,5 +7,5 @@ mod checkpoints;
 mod promotion;
 
 pub use aliases::{AliasHolder, ModelAliases};
-pub use checkpoints::Checkpoint;
+pub use checkpoints::{Checkpoint, CheckpointFile};
 pub use promotion::{Gate, JudgedPromotion, PromotionEvent, PromotionRequest};

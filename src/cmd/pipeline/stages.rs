@@ -9,9 +9,9 @@ use super::Pipeline;
 use crate::cmd::corpus::generate_corpus;
 use crate::cmd::filter::FilterArgs;
 use crate::cmd::ingest::{check_complete, ingest_dataset, IngestArgs};
-use crate::cmd::train::{evaluate, DistArgs, TrainArgs};
+use crate::cmd::train::{evaluate, DistArgs, EvalOn, TrainArgs};
 use crate::output::Format;
-use albef_dataset::{write_atomic, Stats, Status};
+use albef_dataset::{store, write_atomic, Stats, Status};
 use albef_registry::models::JudgedPromotion;
 use albef_registry::{DatasetStatus, RunStatus};
 use albef_train::config::Config;
@@ -53,10 +53,14 @@ impl Pipeline<'_> {
         })
     }
 
-    /// Whether dataset version `spec` is registered, finished and its folder still there.
+    /// Whether dataset version `spec` is registered, finished and its folder still there (one in
+    /// an object store is taken as there).
     pub(super) async fn finished(&self, spec: &str) -> bool {
         match self.reg.dataset_version(spec).await {
-            Ok(v) => v.status == DatasetStatus::Finished && Path::new(&v.uri).is_dir(),
+            Ok(v) => {
+                v.status == DatasetStatus::Finished
+                    && (store::is_remote(&v.uri) || Path::new(&v.uri).is_dir())
+            }
             Err(_) => false,
         }
     }
@@ -237,12 +241,12 @@ impl Pipeline<'_> {
     async fn ingest_into(&self, list: &str, name: &str, out: &Path) -> Result<DatasetDone> {
         let args = IngestArgs::one_worker(
             list.to_string(),
-            out.to_path_buf(),
+            out.display().to_string(),
             name.to_string(),
             self.cfg.ingest.clone(),
             INGEST_LOCK_WAIT_S,
         );
-        let outcome = ingest_dataset(&self.reg, &args, self.stop.clone()).await?;
+        let outcome = ingest_dataset(&self.reg, &args, &self.ctx.home, self.stop.clone()).await?;
         check_complete(&outcome)?;
         if !outcome.finished {
             bail!(
@@ -386,12 +390,12 @@ impl Pipeline<'_> {
         let args = FilterArgs {
             checkpoint: checkpoint.to_string(),
             dataset: source.spec.clone(),
-            output: Some(output),
+            output: Some(output.display().to_string()),
             opts: self.cfg.filter.opts.clone(),
             dry_run: false,
             format: Format::Table,
         };
-        let summary = albef_filter::run(&self.reg, &args.job()?).await?;
+        let summary = albef_filter::run(&self.reg, &args.job(&self.ctx.home)?).await?;
         let id = summary
             .version_id
             .context("the filter registered no version")?;
@@ -440,19 +444,18 @@ impl Pipeline<'_> {
                     "evaluating the holder of {}, checkpoint {id}, on {dataset}",
                     p.spec()
                 );
-                let recall = evaluate(
-                    &self.reg,
-                    &ckpt,
-                    &dataset,
-                    None,
-                    o.device.as_deref(),
-                    &o.tokenizer,
-                    o.k_test,
-                )
-                .await
-                .with_context(|| {
-                    format!("evaluating checkpoint {id}, the holder of {}", p.spec())
-                })?;
+                let on = EvalOn {
+                    dataset: &dataset,
+                    config: None,
+                    device: o.device.as_deref(),
+                    tokenizer: &o.tokenizer,
+                    k_test: o.k_test,
+                };
+                let recall = evaluate(&self.reg, &ckpt, on, &self.ctx.home)
+                    .await
+                    .with_context(|| {
+                        format!("evaluating checkpoint {id}, the holder of {}", p.spec())
+                    })?;
                 Some(Measured {
                     checkpoint: id,
                     from: "holder".into(),

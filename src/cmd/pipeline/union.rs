@@ -6,6 +6,8 @@
 use super::config::TrainData;
 use super::state::{DatasetDone, State};
 use super::Pipeline;
+use crate::cmd::mirror_root;
+use albef_dataset::store;
 use albef_registry::{DatasetStatus, NewDatasetVersion, NewShard};
 use anyhow::{Context as _, Result};
 use serde_json::json;
@@ -75,9 +77,12 @@ impl Pipeline<'_> {
         let (mut index, mut rows) = (0i64, 0i64);
         for spec in members {
             let member = self.reg.dataset_version(spec).await?;
-            for shard in self.reg.shards(member.id).await? {
+            let shards = self.reg.shards(member.id).await?;
+            let uris: Vec<String> = shards.iter().map(|s| s.uri.clone()).collect();
+            let files = store::local_files(&uris, &mirror_root(&self.ctx.home))?;
+            for (shard, file) in shards.into_iter().zip(files) {
                 let link = albef_dataset::parquet_path(&dir, index as u64);
-                std::os::unix::fs::symlink(&shard.uri, &link)
+                std::os::unix::fs::symlink(&file, &link)
                     .with_context(|| format!("cannot link {} to {}", link.display(), shard.uri))?;
                 self.reg
                     .register_shard(

@@ -11,10 +11,16 @@
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place, and the folder is
 //! fsynced, so a crash leaves either the old state or the new one.
+//!
+//! A run whose checkpoints go to an object store (`train --checkpoint-dir s3://...`) writes each
+//! folder locally as above and then uploads it ([`upload`]), the manifest last, so the manifest
+//! object again vouches for the rest. Readers take the registered URI of the model file and
+//! [`local_copy`] downloads the folder into a local mirror (or names the local folder).
 use super::adamw::AdamW;
 use super::schedule::{AlphaRamp, LrSchedule};
 use crate::config::Config;
 use crate::model::weights;
+use albef_dataset::store::{self, block_on, Remote};
 use albef_dataset::{hash_file, write_atomic_with};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -142,15 +148,7 @@ impl Loaded {
         } else {
             path.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest: Manifest =
-            serde_json::from_slice(&fs::read(&manifest_path).with_context(|| {
-                format!(
-                    "checkpoint {} has no manifest: an interrupted write?",
-                    dir.display()
-                )
-            })?)
-            .with_context(|| format!("cannot parse {}", manifest_path.display()))?;
+        let manifest = read_manifest(&dir)?;
         for entry in &manifest.files {
             let file = dir.join(&entry.file);
             let (sha, bytes) = hash_file(&file)?;
@@ -193,6 +191,60 @@ impl Loaded {
             .with_context(|| format!("restoring the optimizer from {}", self.dir.display()))?;
         Ok(self.state)
     }
+}
+
+/// Uploads the checkpoint folder `dir` to `remote` (its step's prefix): its files, then the
+/// manifest. Returns the URI of the model file, as the registry records it.
+pub fn upload(dir: &Path, remote: &Remote) -> Result<String> {
+    let manifest = read_manifest(dir)?;
+    for entry in &manifest.files {
+        block_on(remote.upload(&dir.join(&entry.file), &entry.file))?;
+    }
+    block_on(remote.upload(&dir.join(MANIFEST_FILE), MANIFEST_FILE))?;
+    Ok(remote.uri_of(MODEL_FILE))
+}
+
+/// The local model file of the checkpoint whose model file the registry records at `uri`: the
+/// path itself, or for an object-store URI its copy under `mirror` (see
+/// `albef_dataset::store::mirror_path`), downloaded unless the copy already has the manifest's
+/// sha256. The manifest is read from the store each time and written locally last.
+pub fn local_copy(uri: &str, mirror: &Path) -> Result<PathBuf> {
+    if !store::is_remote(uri) {
+        return Ok(PathBuf::from(uri));
+    }
+    let prefix = uri
+        .strip_suffix(&format!("/{MODEL_FILE}"))
+        .with_context(|| format!("checkpoint {uri} does not name a {MODEL_FILE}"))?;
+    let remote = Remote::open(prefix)?;
+    let bytes = block_on(remote.get(MANIFEST_FILE))?.with_context(|| {
+        format!("checkpoint {prefix} has no {MANIFEST_FILE}: an interrupted upload?")
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("cannot parse {}", remote.uri_of(MANIFEST_FILE)))?;
+    let dir = store::mirror_path(mirror, prefix);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    remove_if_exists(&dir.join(MANIFEST_FILE))?;
+    for entry in &manifest.files {
+        let file = dir.join(&entry.file);
+        let fresh = file.exists() && hash_file(&file)? == (entry.sha256.clone(), entry.bytes);
+        if !fresh {
+            block_on(remote.download(&entry.file, &file))?;
+        }
+    }
+    albef_dataset::write_atomic(&dir.join(MANIFEST_FILE), &bytes)?;
+    Ok(dir.join(MODEL_FILE))
+}
+
+/// The manifest of the checkpoint folder `dir`.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = fs::read(&path).with_context(|| {
+        format!(
+            "checkpoint {} has no manifest: an interrupted write?",
+            dir.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", path.display()))
 }
 
 /// Loads a model file in the official layout into `vs`, failing unless every key is present.

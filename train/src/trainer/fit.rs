@@ -20,7 +20,8 @@ use crate::data::{self, Epoch, Loader};
 use crate::eval;
 use crate::model::{self, weights, Albef, PrecisionRule};
 use albef_dataset::seed::derive_seed;
-use albef_registry::RunStatus;
+use albef_dataset::store::Remote;
+use albef_registry::{CheckpointFile, RunStatus};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -62,8 +63,11 @@ pub struct TrainJob {
     pub workers: usize,
     /// The BERT `tokenizer.json`.
     pub tokenizer: PathBuf,
-    /// Where this run's checkpoint folders go.
+    /// Where this run's checkpoint folders are written.
     pub checkpoint_dir: PathBuf,
+    /// The object-store prefix they are uploaded to, when checkpoints live there (then
+    /// `checkpoint_dir` is its local mirror, and the registry records the objects).
+    pub checkpoint_store: Option<Remote>,
     /// Continue from this checkpoint.
     pub resume: Option<Loaded>,
     /// A fresh run starts from this model file's weights (continued pretraining: the optimiser
@@ -497,7 +501,20 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect();
-            id = tracking.register_checkpoint(&path, step, &metrics)?;
+            id = match &self.job.checkpoint_store {
+                None => tracking.register_checkpoint(&path, step, &metrics)?,
+                Some(remote) => {
+                    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+                    let uri = checkpoint::upload(&dir, &remote.join(&name))?;
+                    let (sha256, bytes) = albef_dataset::hash_file(&path)?;
+                    let file = CheckpointFile {
+                        uri,
+                        sha256,
+                        bytes: bytes as i64,
+                    };
+                    tracking.register_checkpoint_file(&file, step, &metrics)?
+                }
+            };
         }
         if let Some(dist) = &self.job.dist {
             id = dist.broadcast_i64(id)?;

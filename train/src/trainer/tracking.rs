@@ -3,7 +3,7 @@
 //! (registering a checkpoint); metrics go through the buffered writer, which never waits.
 //! Also the registry look-ups around a run: the config as params, and the newest checkpoint
 //! of a run to resume from.
-use albef_registry::{Checkpoint, MetricWriter, Registry};
+use albef_registry::{Checkpoint, CheckpointFile, MetricWriter, Registry};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -18,6 +18,19 @@ pub struct Tracking {
 }
 
 impl Tracking {
+    /// Records a checkpoint of this run whose model file lies at `file.uri` (an object store).
+    pub fn register_checkpoint_file(
+        &self,
+        file: &CheckpointFile,
+        step: i64,
+        metrics: &[(String, f64)],
+    ) -> Result<i64> {
+        self.handle.block_on(
+            self.registry
+                .register_checkpoint_file(self.run, file, step, metrics),
+        )
+    }
+
     /// Queues one metric point (never waits on the database).
     pub fn log(&self, key: &str, step: i64, value: f64) -> Result<()> {
         self.writer.log(key, step, value)
