@@ -1,6 +1,9 @@
 //! Images per second of the data loader alone (read, decode, augment, normalise, tokenise, batch)
 //! for `scripts/bench-loader`, which runs PyTorch's DataLoader beside it on the same shards.
-//! Usage: bench_loader SHARDS_DIR TOKENIZER_JSON [EPOCHS] [WORKERS] [RES] [BATCH]
+//! Usage: bench_loader SHARDS TOKENIZER_JSON [EPOCHS] [WORKERS] [RES] [BATCH]
+//! SHARDS may be an object-store URI (`scripts/bench-storage`): the version is then pulled into
+//! the mirror `ALBEF_BENCH_MIRROR` first, and the time that took is counted and reported.
+use albef_dataset::store;
 use albef_train::data::{Loader, LoaderConfig};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -13,13 +16,16 @@ fn main() -> Result<()> {
             a.parse().with_context(|| format!("argument {i}: {a:?}"))
         })
     };
-    let dir = PathBuf::from(
-        args.get(1)
-            .context("usage: bench_loader SHARDS TOKENIZER [EPOCHS] [WORKERS] [RES] [BATCH]")?,
-    );
+    let shards = args
+        .get(1)
+        .context("usage: bench_loader SHARDS TOKENIZER [EPOCHS] [WORKERS] [RES] [BATCH]")?;
     let tokenizer = PathBuf::from(args.get(2).context("missing TOKENIZER_JSON")?);
     let (epochs, workers, res, batch) = (arg(3, 1)?, arg(4, 2)?, arg(5, 256)?, arg(6, 64)?);
     let started = Instant::now();
+    let mirror =
+        std::env::var_os("ALBEF_BENCH_MIRROR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = store::local_folder(shards, &mirror)?;
+    let pull_s = started.elapsed().as_secs_f64();
     let loader = Loader::open(
         &dir,
         LoaderConfig {
@@ -45,6 +51,7 @@ fn main() -> Result<()> {
             "loader": "albef (Rust)", "images": images, "seconds": seconds,
             "images_per_s": images as f64 / seconds, "workers": workers, "res": res,
             "batch": batch, "data_wait_s": waited, "corrupt_rows": loader.corrupt_rows(),
+            "pull_s": pull_s,
         })
     );
     Ok(())
