@@ -62,11 +62,18 @@ pub struct Object {
 }
 
 /// A prefix in an object store, with the client that reaches it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Remote {
     uri: String,
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
+}
+
+/// The URI alone: the client's own description would include its credentials.
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Remote").field(&self.uri).finish()
+    }
 }
 
 impl Remote {
@@ -291,6 +298,19 @@ mod tests {
         assert_eq!(
             mirror_path(Path::new("/c"), "s3://bucket/a/../b/"),
             Path::new("/c/s3/bucket/a/b")
+        );
+    }
+
+    #[test]
+    fn a_remote_prints_its_uri_and_never_its_credentials() {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "never-printed-secret");
+        let remote = Remote::open("s3://bucket/prefix/").unwrap();
+        let shown = format!("{remote:?} {remote:#?}");
+        assert!(shown.contains("s3://bucket/prefix"), "{shown}");
+        assert!(
+            !shown.contains("never-printed") && !shown.contains("AKID"),
+            "{shown}"
         );
     }
 }
